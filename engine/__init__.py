@@ -1,0 +1,1 @@
+"""saferollout: gated, declarative rollouts of ML model versions."""
