@@ -1,0 +1,1 @@
+"""Training: turns the German credit data into registered credit-risk model versions."""
