@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -79,16 +80,34 @@ def _version(value: Any) -> Any:
     return value
 
 
+def _pinned(value: str) -> str:
+    # Checked here rather than in the pattern: pydantic's regex engine has no look-ahead.
+    if value.lower() == "latest":
+        raise ValueError("a version is pinned; latest is not allowed")
+    return value
+
+
+VERSION_PATTERN = r"^[A-Za-z0-9][\w.-]*$"
+# The schema spells "not latest" as a look-ahead, which editors and jsonschema understand.
+_SCHEMA_VERSION_PATTERN = r"^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)[A-Za-z0-9][\w.-]*$"
+
+
 class ModelRef(StrictModel):
     name: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][\w.-]*$")]
     version: Annotated[
         str,
         BeforeValidator(_version),
-        Field(min_length=1, max_length=64, pattern=r"^(?!latest$)[A-Za-z0-9][\w.-]*$"),
+        Field(min_length=1, max_length=64, pattern=VERSION_PATTERN),
+        AfterValidator(_pinned),
         WithJsonSchema(
             {
                 "anyOf": [
-                    {"type": "string", "pattern": r"^(?!latest$)[A-Za-z0-9][\w.-]*$"},
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 64,
+                        "pattern": _SCHEMA_VERSION_PATTERN,
+                    },
                     {"type": "integer", "minimum": 0},
                 ]
             }
@@ -175,7 +194,8 @@ Number = Annotated[float, BeforeValidator(lambda v: float(v) if type(v) is int e
 
 class ThresholdGate(StrictModel):
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][\w.-]*$")]
-    metric: Metric
+    # Not strict: a manifest spells the metric as its string value, never as the enum member.
+    metric: Annotated[Metric, Field(strict=False)]
     max: Number | None = None
     min: Number | None = None
     max_ratio_to_stable: Number | None = None
@@ -184,7 +204,7 @@ class ThresholdGate(StrictModel):
 
     @property
     def bound(self) -> tuple[str, float]:
-        """The one bound this gate has: ("max", 0.01), ("min", 5.0) or ("max_ratio_to_stable", 1.25)."""
+        """The one bound this gate has, e.g. ("max", 0.01) or ("max_ratio_to_stable", 1.25)."""
         for key in ("max", "min", "max_ratio_to_stable"):
             value = getattr(self, key)
             if value is not None:
