@@ -1,0 +1,307 @@
+"""The `rollout` command: thin wiring from arguments to the engine and back to the terminal.
+
+Data (plans, status, JSON) goes to stdout; messages go to stderr. Every error the engine raises
+on purpose is printed as one clear message with its exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from engine.errors import SafeRolloutError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Gated, declarative rollouts of ML model versions behind online endpoints.",
+)
+
+EXIT_CHANGES = 2
+EXIT_ROLLED_BACK = 3
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+Target = Annotated[
+    str, typer.Argument(help="A manifest file, or an endpoint named by a manifest in rollouts/.")
+]
+FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
+
+
+def say(message: str) -> None:
+    """A message for the person at the terminal (stderr, never mixed with data)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say(f"error: {message}")
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("azure", "azure.core.pipeline.policies.http_logging_policy", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving what to act on
+
+
+def _load(target: str):  # -> LoadedManifest
+    from engine.loader import load_manifest, load_paths
+
+    path = Path(target)
+    if path.is_file():
+        return load_manifest(path)
+    folder = Path("rollouts")
+    if path.suffix in (".yaml", ".yml") or not folder.is_dir():
+        fail(f"no manifest file {target}")
+    matches = [m for m in load_paths([folder]) if m.rollout.spec.target.endpoint == target]
+    if not matches:
+        fail(f"{target} is neither a manifest file nor an endpoint named in {folder}/")
+    return matches[0]
+
+
+def _open(loaded, *, announce: bool = False):  # -> (Reconciler, provider)
+    from engine.reconcile import Reconciler, SystemClock, default_holder, desired_from
+
+    provider = open_provider(loaded, announce=announce)
+    return Reconciler(desired_from(loaded), provider, SystemClock(), default_holder())
+
+
+def open_provider(loaded, *, announce: bool = False):
+    target = loaded.rollout.spec.target
+    if target.provider == "local":
+        from engine.home import state_home
+        from engine.providers.local.provider import LocalProvider
+
+        provider = LocalProvider(state_home())
+        if announce and provider.ensure_server():
+            say(f"started the local backend in the background (state in {state_home()})")
+        return provider
+    from engine.providers.azureml import AzureMLProvider
+
+    return AzureMLProvider.from_target(target)
+
+
+def _who() -> str:
+    from engine.reconcile import default_holder
+
+    return os.environ.get("SAFEROLLOUT_OPERATOR") or default_holder().split(":")[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Manifest files or folders.")],
+) -> None:
+    """Check manifests without contacting any provider."""
+    from engine.loader import load_paths
+
+    loaded = load_paths(paths)
+    for item in loaded:
+        say(f"ok: {item.path} ({item.rollout.spec.target.provider} endpoint "
+            f"{item.rollout.spec.target.endpoint})")  # fmt: skip
+
+
+@app.command()
+def plan(
+    target: Target,
+    format: FormatOption = Format.text,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
+    ] = False,
+) -> None:
+    """Show what `apply` would do now, without changing anything."""
+    from engine.render import plan_json, render_plan
+
+    loaded = _load(target)
+    reconciler = _open(loaded)
+    plans = reconciler.plan()
+    if format is Format.json:
+        sys.stdout.write(plan_json(plans, reconciler.desired))
+    else:
+        sys.stdout.write(render_plan(plans, reconciler.desired))
+    if detailed_exitcode and any(p.actions for p in plans):
+        raise typer.Exit(EXIT_CHANGES)
+
+
+@app.command()
+def apply(
+    target: Target,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Repeat passes until the rollout ends.")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between passes with --wait.")] = 5.0,
+) -> None:
+    """Run one reconcile pass (or, with --wait, passes until the rollout settles)."""
+    loaded = _load(target)
+    reconciler = _open(loaded, announce=True)
+    reconciler.on_event = lambda message: say(f"- {message}")
+    code = _run_passes(reconciler, wait=wait, interval=interval)
+    raise typer.Exit(code)
+
+
+def _run_passes(reconciler, *, wait: bool, interval: float) -> int:
+    from engine.plan import Outcome
+    from engine.render import render_gates
+
+    settled = {
+        Outcome.CONVERGED,
+        Outcome.FOUND_ROLLED_BACK,
+        Outcome.PAUSED,
+        Outcome.ROLLED_BACK,
+        Outcome.FAILED,
+    }
+    while True:
+        result = reconciler.apply()
+        final = result.final
+        if final is not None:
+            for line in render_gates(final.gates):
+                say(line)
+            say(f"{reconciler.endpoint}: {final.summary}")
+        if result.rolled_back:
+            return EXIT_ROLLED_BACK
+        if not wait or final is None or final.outcome in settled:
+            return 0
+        delay = min(interval, final.wait_seconds or interval)
+        reconciler.clock.sleep(max(0.5, delay))
+
+
+@app.command()
+def status(target: Target, format: FormatOption = Format.text) -> None:
+    """Show the rollout's phase, step, traffic and gate values."""
+    import json
+
+    from engine.decide import plan_pass
+    from engine.render import render_status, status_data
+
+    loaded = _load(target)
+    reconciler = _open(loaded)
+    live = reconciler.read()
+    now = reconciler.clock.now()
+    plans = plan_pass(reconciler.desired, live, now, reconciler.observe(live))
+    data = status_data(reconciler.desired, live, plans[0], now)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_status(data))
+
+
+@app.command()
+def history(target: Target, format: FormatOption = Format.text) -> None:
+    """Show the steps of the current rollout with their verdicts and figures."""
+    import json
+
+    from engine.decide import plan_pass
+    from engine.render import render_history, status_data
+
+    loaded = _load(target)
+    reconciler = _open(loaded)
+    live = reconciler.read()
+    now = reconciler.clock.now()
+    data = status_data(reconciler.desired, live, plan_pass(reconciler.desired, live, now)[0], now)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_history(data))
+
+
+def _operator(target: str, kind: str, full: bool = False) -> None:
+    from engine.decide import Command
+
+    loaded = _load(target)
+    reconciler = _open(loaded, announce=True)
+    reconciler.on_event = lambda message: say(f"- {message}")
+    result = reconciler.apply(Command(kind=kind, who=_who(), full=full))  # type: ignore[arg-type]
+    if result.final is not None:
+        say(f"{reconciler.endpoint}: {result.final.summary}")
+
+
+@app.command()
+def promote(
+    target: Target,
+    full: Annotated[bool, typer.Option("--full", help="Skip all remaining steps.")] = False,
+) -> None:
+    """Skip the current step's wait (approval, hold, bake): advance one step, or all with --full."""
+    _operator(target, "promote", full)
+
+
+@app.command()
+def abort(target: Target) -> None:
+    """Roll the candidate back now: all live traffic to stable."""
+    _operator(target, "abort")
+
+
+@app.command()
+def retry(target: Target) -> None:
+    """Start a rolled-back version again from the first step."""
+    _operator(target, "retry")
+
+
+@app.command()
+def undo(target: Target) -> None:
+    """After a promotion, put all traffic back on the previous deployment."""
+    _operator(target, "undo")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to bind; loopback unless given.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8731,
+) -> None:
+    """Run the local backend's data plane in the foreground."""
+    from engine.home import state_home
+    from engine.providers.local.server import serve as run_server
+
+    run_server(state_home(), host=host, port=port)
+
+
+@app.command()
+def demo(
+    fast: Annotated[bool, typer.Option("--fast", help="Short bakes, for tests.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the backend running.")] = False,
+) -> None:
+    """Train, serve and roll out three versions of the credit-risk model on this machine."""
+    from engine.demo import run_demo
+
+    raise typer.Exit(run_demo(fast=fast, keep=keep, say=say))
+
+
+def main() -> None:
+    try:
+        app()
+    except SafeRolloutError as error:
+        say(f"error: {error}")
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        say("interrupted")
+        sys.exit(130)

@@ -1,0 +1,471 @@
+"""One reconcile pass: the only place where the engine acts on a provider.
+
+    read endpoint -> measure the step's gates -> decide (pure) -> take the lease
+                  -> perform the actions (each write re-read and verified) -> repeat until
+                     nothing is left to do now -> release the lease
+
+Transient provider faults are retried with a bounded backoff; everything else stops the pass
+with the endpoint in a state the next pass continues from. The clock is injected so tests step
+time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from engine.decide import (
+    CandidateFigures,
+    Command,
+    Desired,
+    Observations,
+    SmokeOutcome,
+    candidate_exposure,
+    decide,
+    plan_pass,
+)
+from engine.errors import (
+    ConflictError,
+    LeaseHeldError,
+    PermanentError,
+    ProviderError,
+    SourceError,
+    TransientError,
+)
+from engine.gates import GateResult, evaluate_gate
+from engine.live import DeploymentRequest, EndpointWrite, LiveEndpoint
+from engine.loader import LoadedManifest
+from engine.names import derive_deployment_name
+from engine.plan import Action, ActionKind, Outcome, PassResult, Plan
+from engine.providers.base import STATE_TAG_PREFIX, Measurement, Provider, Window
+from engine.spec import Metric
+from engine.state import Lease, RolloutState, decode, encode, format_time
+
+log = logging.getLogger("saferollout")
+
+LEASE_TTL = timedelta(minutes=10)
+MAX_TRANSITIONS = 16
+RETRY_ATTEMPTS = 5
+RETRY_CAP_S = 60.0
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(microsecond=0)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def default_holder() -> str:
+    """Who holds the lease: the CI run when there is one, else user@host:pid."""
+    run = os.environ.get("GITHUB_RUN_ID")
+    if run:
+        return f"github-run-{run}-{os.environ.get('GITHUB_RUN_ATTEMPT', '1')}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"[:80].replace(",", "_")
+
+
+def desired_from(loaded: LoadedManifest) -> Desired:
+    spec = loaded.rollout.spec
+    settings = spec.deployment.model_dump(mode="json")
+    name = derive_deployment_name(spec.model.name, spec.model.version, settings)
+    request = DeploymentRequest(
+        name=name,
+        model_name=spec.model.name,
+        model_version=spec.model.version,
+        model_dir=str(loaded.model_dir),
+        instance_type=spec.deployment.instance_type,
+        instance_count=spec.deployment.instance_count,
+    )
+    return Desired(
+        rollout=loaded.rollout, deployment=request, smoke_request=str(loaded.smoke_request)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+def measure_gates(
+    desired: Desired, provider: Provider, live: LiveEndpoint, now: datetime
+) -> Observations:
+    """Evaluate every gate over the current step's window; None-gates when not in a step."""
+    spec = desired.rollout.spec
+    state = decode(live.tags)
+    if state.candidate != desired.name or state.step is None or state.step_started is None:
+        return Observations()
+    if desired.name not in live.deployments:
+        return Observations()
+    index = min(state.step, len(spec.steps) - 1)
+    share, mirrored = candidate_exposure(spec.steps, index)
+
+    try:
+        source = provider.gate_source(spec.analysis_source, spec.analysis.workspace_id)
+    except ProviderError as error:
+        failure: SourceError | None = SourceError(str(error))
+        source = None
+    else:
+        failure = None
+
+    start = state.step_started + spec.analysis.warmup
+    end = now - timedelta(seconds=source.ingestion_delay_s if source else 0)
+    if source and source.per_minute:
+        end = end.replace(second=0, microsecond=0)
+    window = Window(start=start, end=max(end, start))
+
+    def measure(deployment: str, window: Window, mirrored: bool) -> Measurement | SourceError:
+        if failure or source is None:
+            return failure or SourceError("no gate source")
+        if window.end <= window.start:
+            return Measurement(requests=0, server_errors=0, non_2xx=0, latency_ms={})
+        try:
+            return source.measure(desired.endpoint, deployment, window, mirrored=mirrored)
+        except SourceError as error:
+            return error
+        except ProviderError as error:
+            return SourceError(str(error))
+
+    candidate = measure(desired.name, window, mirrored)
+    stable_data: Measurement | SourceError | None = None
+    if state.stable and any(g.max_ratio_to_stable is not None for g in spec.gates):
+        # At 100 % the stable serves nothing in the window: compare with its last window of
+        # the same length before the step began.
+        stable_window = window
+        if share == 100 and not mirrored:
+            length = window.end - window.start
+            stable_window = Window(state.step_started - length, state.step_started)
+        stable_data = measure(state.stable, stable_window, False)
+
+    results: list[GateResult] = []
+    errors: dict[str, tuple[int, int]] = {}
+    for index_, gate in enumerate(spec.gates):
+        before = state.source_errors.get(gate.name, (0, 0))
+        result = evaluate_gate(gate, index_, candidate, stable_data, spec.analysis, before)
+        results.append(result)
+        if result.source_errors != (0, 0):
+            errors[gate.name] = result.source_errors
+
+    figures = None
+    if isinstance(candidate, Measurement):
+        rate = candidate.server_errors / candidate.requests if candidate.requests else None
+        figures = CandidateFigures(
+            requests=candidate.requests,
+            error_rate=rate,
+            p90_ms=candidate.latency_ms.get(Metric.LATENCY_P90_MS.percentile or 90),
+            p99_ms=candidate.latency_ms.get(Metric.LATENCY_P99_MS.percentile or 99),
+        )
+    return Observations(gates=tuple(results), figures=figures, source_errors=errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrying
+
+
+def with_retries(operation: Callable[[], T], clock: Clock, what: str) -> T:
+    """Run `operation`, retrying transient faults with capped exponential backoff."""
+    delay = 1.0
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return operation()
+        except TransientError as error:
+            if attempt == RETRY_ATTEMPTS:
+                raise
+            wait = min(RETRY_CAP_S, max(delay, error.retry_after))
+            log.warning("%s failed (%s); retry %d in %.0fs", what, error, attempt, wait)
+            clock.sleep(wait)
+            delay *= 2
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting
+
+
+@dataclass
+class Reconciler:
+    """Carries out passes for one manifest against one provider."""
+
+    desired: Desired
+    provider: Provider
+    clock: Clock
+    holder: str
+    deployment_timeout_s: float = 600.0
+    on_event: Callable[[str], None] = lambda message: None
+
+    _lease: Lease | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.desired.endpoint
+
+    def read(self) -> LiveEndpoint:
+        return with_retries(
+            lambda: self.provider.read_endpoint(self.endpoint), self.clock, "read endpoint"
+        )
+
+    def observe(self, live: LiveEndpoint) -> Observations:
+        return measure_gates(self.desired, self.provider, live, self.clock.now())
+
+    def plan(self, command: Command | None = None) -> list[Plan]:
+        """What a pass would do now, without writing anything."""
+        live = self.read()
+        return plan_pass(self.desired, live, self.clock.now(), self.observe(live), command)
+
+    def apply(self, command: Command | None = None) -> PassResult:
+        """One reconcile pass: act until nothing is left to do now."""
+        done: list[Plan] = []
+        smoke: SmokeOutcome | None = None
+        live = self.read()
+        try:
+            for _ in range(MAX_TRANSITIONS):
+                observed = self.observe(live)
+                observed = replace(observed, smoke=smoke)
+                plan = decide(self.desired, live, self.clock.now(), observed, command)
+                if not plan.actions:
+                    return PassResult(self.endpoint, tuple(done), plan)
+                command = None  # an operator command is one transition
+                live = self._take_lease(live, plan)
+                smoke = None
+                for action in plan.actions:
+                    live, outcome = self._perform(action, live)
+                    smoke = outcome or smoke
+                done.append(plan)
+                if plan.outcome in (Outcome.ROLLED_BACK, Outcome.FAILED):
+                    live = self.read()
+                    final = decide(self.desired, live, self.clock.now(), Observations())
+                    return PassResult(self.endpoint, tuple(done), final)
+            raise PermanentError(
+                f"endpoint {self.endpoint}: the pass did not settle after {MAX_TRANSITIONS} "
+                "transitions; stopping so a human can look",
+                endpoint=self.endpoint,
+                operation="reconcile",
+            )
+        finally:
+            self._release_lease()
+
+    # -- the lease ------------------------------------------------------------------------
+
+    def _take_lease(self, live: LiveEndpoint, plan: Plan) -> LiveEndpoint:
+        if not live.exists:
+            return live  # nothing to lock until the endpoint exists
+        now = self.clock.now()
+        current = decode(live.tags).lease
+        if self._lease and current and current.holder == self.holder:
+            return live
+        if current and current.holder != self.holder and current.until > now:
+            raise LeaseHeldError(self.endpoint, current.holder, format_time(current.until))
+        lease = Lease(self.holder, now + LEASE_TTL)
+        tags = {**encode(decode(live.tags)), **_lease_tag(lease)}
+        write = EndpointWrite(live.live_traffic(), live.live_mirror(), tags)
+        try:
+            after = self._write(write, live, "take the lease")
+        except ConflictError:
+            fresh = self.read()
+            holder = decode(fresh.tags).lease
+            raise LeaseHeldError(
+                self.endpoint,
+                holder.holder if holder else "another writer",
+                format_time(holder.until) if holder else "now",
+            ) from None
+        confirmed = decode(after.tags).lease
+        if not confirmed or confirmed.holder != self.holder:
+            # Providers without compare-and-swap (Azure) are checked by re-reading.
+            raise LeaseHeldError(
+                self.endpoint,
+                confirmed.holder if confirmed else "another writer",
+                format_time(confirmed.until) if confirmed else "now",
+            )
+        self._lease = lease
+        return after
+
+    def _release_lease(self) -> None:
+        if not self._lease:
+            return
+        self._lease = None
+        try:
+            live = self.read()
+            state = decode(live.tags)
+            if not state.lease or state.lease.holder != self.holder:
+                return
+            write = EndpointWrite(
+                live.live_traffic(), live.live_mirror(), encode(replace(state, lease=None))
+            )
+            self._write(write, live, "release the lease")
+        except ProviderError as error:
+            log.warning("endpoint=%s could not release the lease: %s", self.endpoint, error)
+
+    # -- actions --------------------------------------------------------------------------
+
+    def _perform(
+        self, action: Action, live: LiveEndpoint
+    ) -> tuple[LiveEndpoint, SmokeOutcome | None]:
+        self.on_event(action.reason)
+        log.info(
+            "endpoint=%s action=%s subject=%s reason=%s",
+            self.endpoint,
+            action.kind.value,
+            action.subject,
+            action.reason,
+        )
+        if action.kind is ActionKind.CREATE_ENDPOINT:
+            return self._retry(lambda: self.provider.create_endpoint(self.endpoint), "create"), None
+        if action.kind is ActionKind.CREATE_DEPLOYMENT and action.deployment:
+            request = action.deployment
+            self._retry(
+                lambda: self.provider.create_deployment(self.endpoint, request), "create deployment"
+            )
+            return (
+                self.provider.wait_for_deployment(
+                    self.endpoint, request.name, self.deployment_timeout_s
+                ),
+                None,
+            )
+        if action.kind is ActionKind.SMOKE_TEST:
+            return live, self._smoke_test(action.subject)
+        if action.kind is ActionKind.DELETE_DEPLOYMENT:
+            fresh = self.read()
+            if fresh.traffic.get(action.subject) or fresh.mirror.get(action.subject):
+                raise PermanentError(
+                    f"endpoint {self.endpoint}: {action.subject} still carries traffic on a fresh "
+                    "read; it is not deleted",
+                    endpoint=self.endpoint,
+                    operation="delete deployment",
+                )
+            self._retry(
+                lambda: self.provider.delete_deployment(self.endpoint, action.subject),
+                "delete deployment",
+            )
+            return self.read(), None
+        if action.kind is ActionKind.UPDATE_ENDPOINT and action.state and action.traffic:
+            after_state = replace(action.state[1], lease=self._renewed_lease())
+            write = EndpointWrite(
+                traffic=dict(action.traffic[1]),
+                mirror=dict(action.mirror[1]) if action.mirror else {},
+                tags=encode(after_state),
+            )
+            return self._write(write, live, action.reason), None
+        raise PermanentError(f"cannot perform {action.kind.value}", endpoint=self.endpoint)
+
+    def _renewed_lease(self) -> Lease | None:
+        if self._lease:
+            self._lease = Lease(self.holder, self.clock.now() + LEASE_TTL)
+        return self._lease
+
+    def _retry(self, operation: Callable[[], T], what: str) -> T:
+        return with_retries(operation, self.clock, f"endpoint {self.endpoint}: {what}")
+
+    def _write(self, write: EndpointWrite, live: LiveEndpoint, why: str) -> LiveEndpoint:
+        """One verified write: traffic, mirror and tags together, based on `live`."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                after = self.provider.update_endpoint(
+                    self.endpoint, write, expected_revision=live.revision
+                )
+                break
+            except TransientError as error:
+                # The write may have landed with its response lost: look before writing again.
+                if attempt >= RETRY_ATTEMPTS:
+                    raise
+                self.clock.sleep(
+                    min(RETRY_CAP_S, max(float(2 ** (attempt - 1)), error.retry_after))
+                )
+                fresh = self.read()
+                if fresh.revision != live.revision:
+                    if _matches(fresh, write):
+                        after = fresh
+                        break
+                    raise ConflictError(
+                        f"endpoint {self.endpoint} changed while writing ({why}); nothing more "
+                        "was written",
+                        endpoint=self.endpoint,
+                        operation="update endpoint",
+                    ) from error
+        if not _matches(after, write):
+            raise PermanentError(
+                f"endpoint {self.endpoint}: the provider did not keep the write ({why}): sent "
+                f"traffic {write.traffic}, mirror {write.mirror}; found {after.live_traffic()}, "
+                f"{after.live_mirror()}",
+                endpoint=self.endpoint,
+                operation="update endpoint",
+            )
+        return after
+
+    def _smoke_test(self, deployment: str) -> SmokeOutcome:
+        spec = self.desired.rollout.spec
+        path = Path(self.desired.smoke_request)
+        try:
+            body = path.read_bytes()
+        except OSError as error:
+            return SmokeOutcome(
+                deployment, False, f"cannot read the sample request {path}: {error}"
+            )
+        result = self._retry(
+            lambda: self.provider.invoke(self.endpoint, deployment, body), "smoke test"
+        )
+        expected = spec.smoke_test.expect_status
+        if result.status != expected:
+            return SmokeOutcome(deployment, False, f"status {result.status}, expected {expected}")
+        problem = check_response_shape(result.body, Path(self.desired.deployment.model_dir))
+        if problem:
+            return SmokeOutcome(deployment, False, problem)
+        return SmokeOutcome(
+            deployment, True, f"status {result.status} in {result.latency_ms:.0f} ms"
+        )
+
+
+def check_response_shape(body: bytes, model_dir: Path) -> str:
+    """'' when `body` is JSON of the model's response shape (`response-schema.json`)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "the response is not JSON"
+    schema_file = model_dir / "response-schema.json"
+    if not schema_file.is_file():
+        return ""
+    import jsonschema  # imported here: only smoke tests need it
+
+    try:
+        jsonschema.validate(document, json.loads(schema_file.read_text()))
+    except jsonschema.ValidationError as error:
+        where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+        return f"the response does not have the model's shape at {where}: {error.message}"
+    return ""
+
+
+def _lease_tag(lease: Lease) -> dict[str, str]:
+    return {f"{STATE_TAG_PREFIX}lease": f"{lease.holder}@{format_time(lease.until)}"}
+
+
+def _matches(live: LiveEndpoint, write: EndpointWrite) -> bool:
+    own = {k: v for k, v in live.tags.items() if k.startswith(STATE_TAG_PREFIX)}
+    return (
+        live.live_traffic() == {k: v for k, v in write.traffic.items() if v}
+        and live.live_mirror() == {k: v for k, v in write.mirror.items() if v}
+        and own == write.tags
+    )
+
+
+def state_of(live: LiveEndpoint) -> RolloutState:
+    return decode(live.tags)
