@@ -219,6 +219,20 @@ def decide(
         return _plan(desired, Outcome.CHANGES, "create the endpoint", action)
 
     state = replace(decode(live.tags), lease=None)
+    plan = _decide_existing(desired, live, state, now, observed, command)
+    if observed.gates and not plan.gates:
+        plan = replace(plan, gates=observed.gates)  # every plan shows the gates it was given
+    return plan
+
+
+def _decide_existing(
+    desired: Desired,
+    live: LiveEndpoint,
+    state: RolloutState,
+    now: datetime,
+    observed: Observations,
+    command: Command | None,
+) -> Plan:
     if command:
         return decide_command(desired, live, state, now, observed, command)
     if state.stable is None:
@@ -507,7 +521,8 @@ def decide_step(
         return _plan(desired, Outcome.CHANGES, reason, action, phase=state.phase, notes=(drift,))
 
     gates = observed.gates
-    failure = first_failure(list(gates)) if gates is not None else None
+    bake_over = isinstance(step, ApprovalStep) or now >= (state.step_started or now) + step.bake
+    failure = first_failure(list(gates), bake_over=bake_over) if gates is not None else None
     if failure:
         return _fail(desired, live, state, now, observed, f"gate {failure.reason}")
 

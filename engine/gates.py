@@ -45,6 +45,7 @@ class GateResult:
     requests: int = 0
     dry_run: bool = False
     source_errors: tuple[int, int] = (0, 0)  # (in a row, in this step)
+    no_data: bool = False  # judged on an empty window: only final once the bake is over
 
     @property
     def acts(self) -> bool:
@@ -152,6 +153,7 @@ def evaluate_gate(
                 **base,
                 verdict=no_data_verdict,
                 requests=0,
+                no_data=True,
                 reason=f"{gate.name}: no data for {who} in the window {where}{note}",
             )
         if data.requests < gate.min_requests:
@@ -175,6 +177,7 @@ def evaluate_gate(
             **base,
             verdict=no_data_verdict,
             requests=candidate.requests,
+            no_data=True,
             reason=f"{gate.name}: the source reported no {gate.metric.value} {where}{note}",
         )
 
@@ -185,6 +188,7 @@ def evaluate_gate(
                 **base,
                 verdict=no_data_verdict,
                 requests=candidate.requests,
+                no_data=True,
                 reason=f"{gate.name}: no stable data to compare with {where}{note}",
             )
         shortfall = short_of_data("stable", stable)
@@ -196,6 +200,7 @@ def evaluate_gate(
                 **base,
                 verdict=no_data_verdict,
                 requests=candidate.requests,
+                no_data=True,
                 reason=f"{gate.name}: the source reported no {subject} for stable {where}{note}",
             )
         if reference == 0:
@@ -226,5 +231,10 @@ def combine(results: list[GateResult]) -> Verdict:
     return max(acting, key=lambda v: v.severity, default=Verdict.PASSED)
 
 
-def first_failure(results: list[GateResult]) -> GateResult | None:
-    return next((r for r in results if r.acts and r.verdict.is_failure), None)
+def first_failure(results: list[GateResult], *, bake_over: bool = True) -> GateResult | None:
+    """The first acting gate that failed. During the bake an empty window is not yet a
+    failure, even with `no_data: fail`: data has had no time to arrive."""
+    return next(
+        (r for r in results if r.acts and r.verdict.is_failure and (bake_over or not r.no_data)),
+        None,
+    )

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from engine.decide import (
     CandidateFigures,
@@ -43,12 +43,14 @@ from engine.errors import (
 )
 from engine.gates import GateResult, evaluate_gate
 from engine.live import DeploymentRequest, EndpointWrite, LiveEndpoint
-from engine.loader import LoadedManifest
 from engine.names import derive_deployment_name
 from engine.plan import Action, ActionKind, Outcome, PassResult, Plan
 from engine.providers.base import STATE_TAG_PREFIX, Measurement, Provider, Window
 from engine.spec import Metric
 from engine.state import Lease, RolloutState, decode, encode, format_time
+
+if TYPE_CHECKING:
+    from engine.loader import LoadedManifest
 
 log = logging.getLogger("saferollout")
 
@@ -236,10 +238,15 @@ class Reconciler:
         done: list[Plan] = []
         smoke: SmokeOutcome | None = None
         live = self.read()
+        measured: tuple[tuple[object, ...], Observations] | None = None
         try:
             for _ in range(MAX_TRANSITIONS):
-                observed = self.observe(live)
-                observed = replace(observed, smoke=smoke)
+                # Gates are queried once per step window and pass: a second query in the same
+                # pass would count one source outage twice.
+                key = _window_key(live)
+                if measured is None or measured[0] != key:
+                    measured = (key, self.observe(live))
+                observed = replace(measured[1], smoke=smoke)
                 plan = decide(self.desired, live, self.clock.now(), observed, command)
                 if not plan.actions:
                     return PassResult(self.endpoint, tuple(done), plan)
@@ -452,6 +459,11 @@ def check_response_shape(body: bytes, model_dir: Path) -> str:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
         return f"the response does not have the model's shape at {where}: {error.message}"
     return ""
+
+
+def _window_key(live: LiveEndpoint) -> tuple[object, ...]:
+    state = decode(live.tags)
+    return (state.candidate, state.step, state.step_started)
 
 
 def _lease_tag(lease: Lease) -> dict[str, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -22,10 +24,15 @@ from pydantic import (
     Field,
     PlainSerializer,
     Tag,
+    ValidationError,
     WithJsonSchema,
+    field_validator,
+    model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.durations import DURATION_PATTERN, parse_duration, to_manifest_form
+from engine.names import derive_deployment_name, is_valid_name
 
 API_VERSION = "saferollout/v1"
 KIND = "ModelRollout"
@@ -48,6 +55,30 @@ Duration = Annotated[
 ]
 
 ResourceName = Annotated[str, Field(min_length=3, max_length=32, pattern=NAME_PATTERN)]
+
+# Rules over several fields are reported as errors of this type, located at the field that breaks
+# them; ctx carries `message` and `hint` separately so the loader can render them its own way.
+RULE_ERROR = "manifest_rule"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A broken rule over several fields, located relative to the model or list that checks it."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    hint: str = ""
+
+
+def _raise_violations(title: str, violations: list[Violation]) -> None:
+    if not violations:
+        return
+    details = []
+    for v in violations:
+        template = "{message}; {hint}" if v.hint else "{message}"
+        error = PydanticCustomError(RULE_ERROR, template, {"message": v.message, "hint": v.hint})
+        details.append(InitErrorDetails(type=error, loc=v.loc, input=None))
+    raise ValidationError.from_exception_data(title, details)
 
 
 class StrictModel(BaseModel):
@@ -145,7 +176,7 @@ def _step_kind(value: Any) -> str | None:
             if kind in value:
                 return kind
         return None
-    return getattr(value, "kind", None)
+    return {MirrorStep: "mirror", TrafficStep: "traffic", ApprovalStep: "approval"}.get(type(value))
 
 
 Step = Annotated[
@@ -158,6 +189,61 @@ Step = Annotated[
         custom_error_message="a step has one of mirror, traffic or approval",
     ),
 ]
+
+
+def assess_steps(steps: Sequence[MirrorStep | TrafficStep | ApprovalStep]) -> list[Violation]:
+    """Order rules: mirror once and first, traffic never decreasing and ending at 100."""
+    found: list[Violation] = []
+    first_mirror: int | None = None
+    first_traffic: int | None = None
+    highest: tuple[int, int] | None = None  # (index, weight) of the highest traffic so far
+    last_traffic: tuple[int, int] | None = None
+    for i, step in enumerate(steps):
+        if isinstance(step, MirrorStep):
+            if first_mirror is not None:
+                found.append(
+                    Violation(
+                        (i, "mirror"),
+                        f"at most one mirror step: steps[{first_mirror}] already mirrors",
+                        "mirror once, before the first traffic step",
+                    )
+                )
+            elif first_traffic is not None:
+                found.append(
+                    Violation(
+                        (i, "mirror"),
+                        "a mirror step comes before any traffic step",
+                        f"move it above steps[{first_traffic}]",
+                    )
+                )
+            first_mirror = i if first_mirror is None else first_mirror
+        elif isinstance(step, TrafficStep):
+            if highest is not None and step.traffic < highest[1]:
+                found.append(
+                    Violation(
+                        (i, "traffic"),
+                        "traffic never decreases from one step to the next: "
+                        f"steps[{highest[0]}] already has {highest[1]}",
+                        "a rollout only moves forward: to give traffic back, roll back",
+                    )
+                )
+            if highest is None or step.traffic > highest[1]:
+                highest = (i, step.traffic)
+            first_traffic = i if first_traffic is None else first_traffic
+            last_traffic = (i, step.traffic)
+    if last_traffic is None:
+        found.append(
+            Violation((), "at least one traffic step, the last at 100", "add - traffic: 100")
+        )
+    elif last_traffic[1] != 100:
+        found.append(
+            Violation(
+                (last_traffic[0], "traffic"),
+                "the last traffic step is 100",
+                f"add - traffic: 100 after steps[{last_traffic[0]}]",
+            )
+        )
+    return found
 
 
 class Metric(StrEnum):
@@ -189,16 +275,115 @@ class Metric(StrEnum):
         return (0.0, None)
 
 
-Number = Annotated[float, BeforeValidator(lambda v: float(v) if type(v) is int else v)]
+Number = Annotated[
+    float,
+    BeforeValidator(lambda v: float(v) if type(v) is int else v),
+    Field(allow_inf_nan=False),
+]
+BOUNDS = ("max", "min", "max_ratio_to_stable")
+
+
+def _bound_range_schema() -> list[dict[str, Any]]:
+    """`if metric is a rate then max/min <= 1`, and so on, from `Metric.value_range`."""
+    by_upper: dict[float, list[str]] = {}
+    for metric in Metric:
+        upper = metric.value_range[1]
+        if upper is not None:
+            by_upper.setdefault(upper, []).append(metric.value)
+    return [
+        {
+            "if": {"properties": {"metric": {"enum": metrics}}, "required": ["metric"]},
+            "then": {"properties": {"max": {"maximum": upper}, "min": {"maximum": upper}}},
+        }
+        for upper, metrics in sorted(by_upper.items())
+    ]
+
+
+def _describe_range(metric: Metric) -> str:
+    low, high = metric.value_range
+    if high == 1.0:
+        return f"{metric.value} is a rate from 0 to 1"
+    if high is not None:
+        return f"{metric.value} is a percent from 0 to {high:g}"
+    return f"{metric.value} is at least {low:g}"
+
+
+def _range_hint(metric: Metric, value: float) -> str:
+    high = metric.value_range[1]
+    if high == 1.0 and 1.0 < value <= 100.0:
+        return f"write {value / 100:g} for {value:g} %"
+    if value < 0:
+        return "a bound below 0 can never be crossed"
+    return f"a bound above {high:g} can never be crossed"
+
+
+def assess_gate_bounds(gate: ThresholdGate) -> list[Violation]:
+    """Exactly one bound, set to a value the metric can take."""
+    given = [key for key in BOUNDS if key in gate.model_fields_set]
+    exactly_one = "a threshold gate has exactly one of max, min or max_ratio_to_stable"
+    if not given:
+        return [Violation((), exactly_one, "add one of them")]
+    found = [
+        Violation((key,), f"{exactly_one}, and this one also has {given[0]}", "one bound per gate")
+        for key in given[1:]
+    ]
+    for key in given:
+        value = getattr(gate, key)
+        if value is None:
+            found.append(Violation((key,), f"{key} has no value", "write a number"))
+        elif key == "max_ratio_to_stable" and value <= 0:
+            found.append(
+                Violation(
+                    (key,),
+                    "max_ratio_to_stable is a ratio above 0",
+                    "1.25 lets the candidate be up to 25 % above stable",
+                )
+            )
+        elif key != "max_ratio_to_stable":
+            low, high = gate.metric.value_range
+            if value < low or (high is not None and value > high):
+                found.append(
+                    Violation((key,), _describe_range(gate.metric), _range_hint(gate.metric, value))
+                )
+    return found
+
+
+def assess_gate_names(gates: Sequence[ThresholdGate]) -> list[Violation]:
+    first_seen: dict[str, int] = {}
+    found = []
+    for i, gate in enumerate(gates):
+        if gate.name in first_seen:
+            found.append(
+                Violation(
+                    (i, "name"),
+                    f"gate names are unique; gates[{first_seen[gate.name]}] is also {gate.name}",
+                    "rename one of them",
+                )
+            )
+        first_seen.setdefault(gate.name, i)
+    return found
+
+
+_BOUND_SCHEMA = {"type": "number", "minimum": 0}
 
 
 class ThresholdGate(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": [key]} for key in BOUNDS],
+            "allOf": _bound_range_schema(),
+        }
+    )
+
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][\w.-]*$")]
     # Not strict: a manifest spells the metric as its string value, never as the enum member.
     metric: Annotated[Metric, Field(strict=False)]
-    max: Number | None = None
-    min: Number | None = None
-    max_ratio_to_stable: Number | None = None
+    # Null is not a bound: the schema says number, and an explicit null is reported as empty.
+    max: Annotated[Number | None, WithJsonSchema(_BOUND_SCHEMA)] = None
+    min: Annotated[Number | None, WithJsonSchema(_BOUND_SCHEMA)] = None
+    max_ratio_to_stable: Annotated[
+        Number | None, WithJsonSchema({"type": "number", "exclusiveMinimum": 0})
+    ] = None
     min_requests: Annotated[int, Field(ge=0)] = 100
     dry_run: bool = False
 
@@ -209,7 +394,12 @@ class ThresholdGate(StrictModel):
             value = getattr(self, key)
             if value is not None:
                 return key, value
-        raise ValueError(f"gate {self.name} has no bound")  # the loader guarantees one
+        raise ValueError(f"gate {self.name} has no bound")  # validation guarantees one
+
+    @model_validator(mode="after")
+    def _one_bound_in_range(self) -> ThresholdGate:
+        _raise_violations("ThresholdGate", assess_gate_bounds(self))
+        return self
 
 
 Gate = ThresholdGate
@@ -232,7 +422,22 @@ class Spec(StrictModel):
     model: ModelRef
     deployment: DeploymentSettings = DeploymentSettings()
     smoke_test: SmokeTest = SmokeTest()
-    steps: Annotated[list[Step], Field(min_length=1)]
+    steps: Annotated[
+        list[Step],
+        Field(
+            min_length=1,
+            json_schema_extra={
+                "allOf": [
+                    {"contains": {"type": "object", "required": ["traffic"]}},
+                    {
+                        "contains": {"type": "object", "required": ["mirror"]},
+                        "minContains": 0,
+                        "maxContains": 1,
+                    },
+                ]
+            },
+        ),
+    ]
     gates: list[Gate]
     analysis: Analysis = Analysis()
     on_failure: Literal["rollback", "hold"] = "rollback"
@@ -246,6 +451,32 @@ class Spec(StrictModel):
         if self.analysis.source:
             return self.analysis.source
         return "local" if self.target.provider == "local" else "azure-metrics"
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_in_order(cls, steps: list[Any]) -> list[Any]:
+        _raise_violations("steps", assess_steps(steps))
+        return steps
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_names_unique(cls, gates: list[ThresholdGate]) -> list[ThresholdGate]:
+        _raise_violations("gates", assess_gate_names(gates))
+        return gates
+
+    @model_validator(mode="after")
+    def _deployment_name_valid(self) -> Spec:
+        settings = self.deployment.model_dump(mode="json")
+        name = derive_deployment_name(self.model.name, self.model.version, settings)
+        if not is_valid_name(name):
+            violation = Violation(
+                ("model", "name"),
+                f"the derived deployment name {name} breaks the name rules "
+                "(3-32 characters: letters, digits and -, starting with a letter)",
+                "report this: derived names are meant to be always valid",
+            )
+            _raise_violations("Spec", [violation])
+        return self
 
 
 class ModelRollout(StrictModel):
