@@ -61,9 +61,11 @@ POLL_S = 0.05
 class LocalProvider:
     name = "local"
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, *, request_timeout_s: float | None = None):
+        """`request_timeout_s` applies to a server this provider starts (5 s when left out)."""
         self.home = Path(home).resolve()
         self.control = ControlPlane(self.home)
+        self.request_timeout_s = request_timeout_s
 
     # ---- reads
 
@@ -215,6 +217,8 @@ class LocalProvider:
             return False
         command = [sys.executable, "-m", "engine.providers.local.server"]
         command += ["--home", str(self.home), "--detach"]
+        if self.request_timeout_s is not None:
+            command += ["--request-timeout", str(self.request_timeout_s)]
         try:
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False

@@ -231,7 +231,10 @@ class ControlPlane:
         self.home = Path(home)
         self.path = self.home / STATE_FILE
         self.keys_path = self.home / KEYS_FILE
-        self._lock = FileLock(str(self.home / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
+        # Writes hold the lock for milliseconds: a short poll lets a waiting writer in quickly.
+        self._lock = FileLock(
+            str(self.home / LOCK_FILE), timeout=LOCK_TIMEOUT_S, poll_interval=0.005
+        )
 
     # -- reads need no lock: the file is only ever replaced whole.
 
