@@ -54,6 +54,17 @@ Duration = Annotated[
     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30s", "10m"]}),
 ]
 
+
+def duration_default(value: timedelta) -> Any:
+    """A duration field's default, shown in the schema as the manifest writes it (`10m`)."""
+    return Field(default=value, json_schema_extra={"default": to_manifest_form(value)})
+
+
+def _no_schema_default(schema: dict[str, Any]) -> None:
+    # An absent bound is not a null bound: editors should not offer `max: null`.
+    schema.pop("default", None)
+
+
 ResourceName = Annotated[str, Field(min_length=3, max_length=32, pattern=NAME_PATTERN)]
 
 # Rules over several fields are reported as errors of this type, located at the field that breaks
@@ -158,12 +169,12 @@ class SmokeTest(StrictModel):
 
 class MirrorStep(StrictModel):
     mirror: Annotated[int, Field(ge=1, le=50)]
-    bake: Duration = timedelta(0)
+    bake: Duration = duration_default(timedelta(0))
 
 
 class TrafficStep(StrictModel):
     traffic: Annotated[int, Field(ge=1, le=100)]
-    bake: Duration = timedelta(0)
+    bake: Duration = duration_default(timedelta(0))
 
 
 class ApprovalStep(StrictModel):
@@ -379,11 +390,15 @@ class ThresholdGate(StrictModel):
     # Not strict: a manifest spells the metric as its string value, never as the enum member.
     metric: Annotated[Metric, Field(strict=False)]
     # Null is not a bound: the schema says number, and an explicit null is reported as empty.
-    max: Annotated[Number | None, WithJsonSchema(_BOUND_SCHEMA)] = None
-    min: Annotated[Number | None, WithJsonSchema(_BOUND_SCHEMA)] = None
+    max: Annotated[Number | None, WithJsonSchema(_BOUND_SCHEMA)] = Field(
+        default=None, json_schema_extra=_no_schema_default
+    )
+    min: Annotated[Number | None, WithJsonSchema(_BOUND_SCHEMA)] = Field(
+        default=None, json_schema_extra=_no_schema_default
+    )
     max_ratio_to_stable: Annotated[
         Number | None, WithJsonSchema({"type": "number", "exclusiveMinimum": 0})
-    ] = None
+    ] = Field(default=None, json_schema_extra=_no_schema_default)
     min_requests: Annotated[int, Field(ge=0)] = 100
     dry_run: bool = False
 
@@ -408,13 +423,13 @@ Gate = ThresholdGate
 class Analysis(StrictModel):
     source: Literal["local", "azure-metrics", "azure-logs"] | None = None
     workspace_id: str | None = None
-    warmup: Duration = timedelta(0)
+    warmup: Duration = duration_default(timedelta(0))
     no_data: Literal["inconclusive", "fail"] = "inconclusive"
     max_source_errors: Annotated[int, Field(ge=0)] = 4
 
 
 class Cleanup(StrictModel):
-    delete_previous_after: Duration = timedelta(hours=1)
+    delete_previous_after: Duration = duration_default(timedelta(hours=1))
 
 
 class Spec(StrictModel):
