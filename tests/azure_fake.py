@@ -1,0 +1,755 @@
+"""An offline Azure for the `azureml` provider and the Azure gate sources.
+
+A `requests` adapter mounted on a `requests.Session`, behind azure-core's public
+`RequestsTransport(session=..., session_owner=False)`, answers every request from a route table
+keyed by method and path. It keeps endpoint and deployment state between calls and enforces the
+service's documented rules (names, traffic summing to 0 or 100, one mirror target at most 50 %,
+no deployment with both live and mirrored traffic, no delete of a deployment with traffic, 20
+deployments per endpoint). Writes answer like ARM long-running operations (201/202 with an
+`Azure-AsyncOperation` header, polled to a final status). Bodies follow the public REST reference
+(`onlineEndpoints`, `onlineEndpoints/deployments`, `Microsoft.Insights/metrics`, the Log
+Analytics `query` API); error codes are the documented shape with illustrative codes.
+
+Nothing here opens a socket: unknown routes answer 501 and are listed in `unrouted`, and the
+`no_network` fixture refuses any connection that is not to loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import json
+import re
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+RESOURCE_GROUP = "ml-test"
+WORKSPACE = "ml-test-ws"
+LOCATION = "westeurope"
+ARM_HOST = "management.azure.com"
+LOGS_HOST = "api.loganalytics.io"
+NAME_RULE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+MAX_DEPLOYMENTS = 20
+WS_PATH = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+    f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
+)
+_WS = re.escape(WS_PATH)
+
+
+class ServiceError(Exception):
+    """What the fake service answers instead of a success: status, ARM error code, message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+@dataclass
+class Recorded:
+    method: str
+    host: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # Authorization redacted
+    body: Any  # parsed JSON, raw bytes, or None
+
+
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern
+    status: int
+    code: str
+    headers: dict[str, str]
+    times: int
+    host: str = ARM_HOST
+
+
+@dataclass
+class Operation:
+    polls_left: int
+    on_done: Callable[[], None]
+    error: dict | None = None
+    status: str = "InProgress"
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> Response:
+    return Response(status, {"error": {"code": code, "message": message}}, headers or {})
+
+
+class FakeAzure:
+    """The service's state and its route table. Thread-safe: SDK pollers run in threads."""
+
+    def __init__(self, *, lro_polls: int = 1, start: datetime | None = None):
+        self.lock = threading.RLock()
+        self.lro_polls = lro_polls
+        self.now = start or datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+        self.models: set[tuple[str, str]] = set()
+        self.endpoints: dict[str, dict] = {}
+        self.deployments: dict[str, dict[str, dict]] = {}
+        self.keys: dict[str, tuple[str, str]] = {}
+        self.operations: dict[str, Operation] = {}
+        self.requests: list[Recorded] = []
+        self.unrouted: list[str] = []
+        self.faults: list[Fault] = []
+        self.failing_deployments: dict[str, tuple[str, str]] = {}
+        self.scoring: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.metrics: dict[tuple[str, str], list[dict]] = {}
+        self.log_answer: Callable[[str, str], Response] | None = None
+        self._ids = itertools.count(1)
+        self.routes: list[tuple[str, str, re.Pattern, Callable[..., Response]]] = []
+        self._add_routes()
+
+    # -- set-up helpers ---------------------------------------------------------------------
+
+    def register_model(self, name: str, version: str) -> None:
+        self.models.add((name, str(version)))
+
+    def add_endpoint(
+        self, name: str, *, tags: dict | None = None, identity: dict | None = None, **extra: Any
+    ) -> dict:
+        """An existing endpoint, as if created before the test (and outside the engine)."""
+        with self.lock:
+            self._put_endpoint_resource(name, {"tags": tags or {}, "identity": identity, **extra})
+            self.endpoints[name]["properties"]["provisioningState"] = "Succeeded"
+            return self.endpoints[name]
+
+    def add_deployment(
+        self, endpoint: str, name: str, model: tuple[str, str], **props: Any
+    ) -> dict:
+        with self.lock:
+            self.register_model(*model)
+            resource = self._deployment_resource(endpoint, name, model, props)
+            resource["properties"]["provisioningState"] = "Succeeded"
+            self.deployments[endpoint][name.lower()] = resource
+            return resource
+
+    def set_traffic(self, endpoint: str, traffic: dict[str, int], mirror: dict | None = None):
+        """An out-of-band change (the portal, another tool): bumps lastModifiedAt."""
+        with self.lock:
+            props = self.endpoints[endpoint]["properties"]
+            props["traffic"] = dict(traffic)
+            props["mirrorTraffic"] = dict(mirror or {})
+            self._touch(self.endpoints[endpoint])
+
+    def fail(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        code: str = "",
+        *,
+        times: int = 1,
+        headers: dict | None = None,
+        host: str = ARM_HOST,
+    ) -> None:
+        """Answer the next `times` requests whose path matches `path` (a regex) with an error."""
+        code = code or {429: "TooManyRequests", 503: "ServiceUnavailable"}.get(status, "Error")
+        self.faults.append(
+            Fault(method, re.compile(path, re.I), status, code, headers or {}, times, host)
+        )
+
+    def requests_to(self, method: str, path_pattern: str) -> list[Recorded]:
+        rule = re.compile(path_pattern, re.I)
+        return [r for r in self.requests if r.method == method and rule.search(r.path)]
+
+    # -- state helpers ----------------------------------------------------------------------
+
+    def _tick(self) -> datetime:
+        self.now += timedelta(seconds=1, microseconds=250_000)
+        return self.now
+
+    def _touch(self, resource: dict) -> None:
+        resource["systemData"]["lastModifiedAt"] = iso(self._tick())
+        resource["systemData"]["lastModifiedBy"] = "fake@example.com"
+
+    def _system_data(self) -> dict:
+        stamp = iso(self._tick())
+        return {
+            "createdAt": stamp,
+            "createdBy": "fake@example.com",
+            "createdByType": "User",
+            "lastModifiedAt": stamp,
+            "lastModifiedBy": "fake@example.com",
+            "lastModifiedByType": "User",
+        }
+
+    def _operation(self, on_done: Callable[[], None], error: dict | None = None) -> dict:
+        op_id = f"op-{next(self._ids)}"
+        self.operations[op_id] = Operation(self.lro_polls, on_done, error)
+        url = (
+            f"https://{ARM_HOST}/subscriptions/{SUBSCRIPTION}/providers/"
+            f"Microsoft.MachineLearningServices/locations/{LOCATION}/mfeOperationsStatus/"
+            f"{op_id}?api-version=2023-04-01-preview"
+        )
+        return {"Azure-AsyncOperation": url, "Retry-After": "0"}
+
+    def _put_endpoint_resource(self, name: str, body: dict) -> dict:
+        props = body.get("properties") or {}
+        identity = body.get("identity") or {"type": "SystemAssigned"}
+        identity = {**identity, "principalId": "11111111-2222-3333-4444-555555555555"}
+        resource = {
+            "id": f"{WS_PATH}/onlineEndpoints/{name}",
+            "name": name,
+            "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+            "location": LOCATION,
+            "kind": "Managed",
+            "tags": dict(body.get("tags") or {}),
+            "identity": identity,
+            "properties": {
+                "authMode": props.get("authMode", "Key"),
+                "description": props.get("description"),
+                "properties": dict(props.get("properties") or {}),
+                "traffic": dict(props.get("traffic") or {}),
+                "mirrorTraffic": dict(props.get("mirrorTraffic") or {}),
+                "publicNetworkAccess": "Enabled",
+                "scoringUri": f"https://{name}.{LOCATION}.inference.ml.azure.com/score",
+                "swaggerUri": f"https://{name}.{LOCATION}.inference.ml.azure.com/swagger.json",
+                "provisioningState": "Creating",
+            },
+            "systemData": self._system_data(),
+        }
+        self.endpoints[name] = resource
+        self.deployments.setdefault(name, {})
+        self.keys.setdefault(name, (f"primary-{name}-secret", f"secondary-{name}-secret"))
+        return resource
+
+    def _deployment_resource(
+        self, endpoint: str, name: str, model: tuple[str, str], props: dict
+    ) -> dict:
+        model_id = f"{WS_PATH}/models/{model[0]}/versions/{model[1]}"
+        return {
+            "id": f"{WS_PATH}/onlineEndpoints/{endpoint}/deployments/{name}",
+            "name": name,
+            "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
+            "location": LOCATION,
+            "kind": "Managed",
+            "tags": props.pop("tags", {}),
+            "sku": {"name": "Default", "tier": "Standard", "capacity": props.pop("capacity", 1)},
+            "properties": {
+                "endpointComputeType": "Managed",
+                "model": model_id,
+                "instanceType": props.pop("instanceType", "Standard_DS3_v2"),
+                "scaleSettings": {"scaleType": "Default"},
+                "appInsightsEnabled": False,
+                "provisioningState": "Creating",
+                **props,
+            },
+            "systemData": self._system_data(),
+        }
+
+    # -- the service's rules ----------------------------------------------------------------
+
+    @staticmethod
+    def _check_name(kind: str, name: str) -> None:
+        if not (3 <= len(name) <= 32 and NAME_RULE.match(name)):
+            raise ServiceError(400, "BadArgument", f"{kind} name '{name}' is invalid")
+
+    def _check_traffic(self, endpoint: str, traffic: dict, mirror: dict) -> None:
+        deployments = self.deployments.get(endpoint, {})
+        for kind, mapping in (("traffic", traffic), ("mirror traffic", mirror)):
+            for name, value in mapping.items():
+                if not isinstance(value, int) or not 0 <= value <= 100:
+                    raise ServiceError(400, "BadArgument", f"{kind} for {name} must be 0..100")
+                if name.lower() not in deployments:
+                    raise ServiceError(400, "BadArgument", f"{kind}: deployment {name} not found")
+        live = {k.lower(): v for k, v in traffic.items() if v}
+        shadow = {k.lower(): v for k, v in mirror.items() if v}
+        if sum(live.values()) not in (0, 100):
+            raise ServiceError(400, "BadArgument", "traffic must sum to 0 or 100")
+        if len(shadow) > 1 or sum(shadow.values()) > 50:
+            raise ServiceError(400, "BadArgument", "mirror traffic: one deployment, at most 50%")
+        both = set(live) & set(shadow)
+        if both:
+            raise ServiceError(
+                400, "BadArgument", f"deployment {sorted(both)[0]} has live and mirror traffic"
+            )
+        for name in live:
+            state = deployments[name]["properties"]["provisioningState"]
+            if state != "Succeeded":
+                raise ServiceError(400, "BadArgument", f"deployment {name} is {state}")
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def _add_routes(self) -> None:
+        ep = rf"{_WS}/onlineEndpoints/(?P<ep>[^/]+)"
+        dep = rf"{ep}/deployments/(?P<dep>[^/]+)"
+        table = [
+            ("GET", ARM_HOST, rf"^{_WS}$", self._get_workspace),
+            ("GET", ARM_HOST, rf"^{ep}$", self._get_endpoint),
+            ("PUT", ARM_HOST, rf"^{ep}$", self._put_endpoint),
+            ("POST", ARM_HOST, rf"^{ep}/listKeys$", self._list_keys),
+            ("GET", ARM_HOST, rf"^{ep}/deployments$", self._list_deployments),
+            ("GET", ARM_HOST, rf"^{dep}$", self._get_deployment),
+            ("PUT", ARM_HOST, rf"^{dep}$", self._put_deployment),
+            ("DELETE", ARM_HOST, rf"^{dep}$", self._delete_deployment),
+            ("GET", ARM_HOST, rf"^{_WS}/models/(?P<m>[^/]+)/versions/(?P<v>[^/]+)$", self._model),
+            ("GET", ARM_HOST, rf"^{_WS}/codes/(?P<c>[^/]+)/versions$", self._find_code),
+            ("GET", ARM_HOST, rf"^{_WS}/codes/(?P<c>[^/]+)/versions/(?P<v>[^/]+)$", self._code),
+            (
+                "POST",
+                ARM_HOST,
+                rf"^{_WS}/codes/[^/]+/versions/[^/]+/startPendingUpload$",
+                self._upload,
+            ),
+            ("PUT", ARM_HOST, rf"^{_WS}/environments/[^/]+/versions/[^/]+$", self._put_environment),
+            ("GET", ARM_HOST, r"/mfeOperationsStatus/(?P<op>[^/]+)$", self._poll_operation),
+            (
+                "GET",
+                ARM_HOST,
+                r"^(?P<res>.+)/providers/Microsoft\.Insights/metrics$",
+                self._metrics,
+            ),
+            ("POST", LOGS_HOST, r"^/v1/workspaces/(?P<ws>[^/]+)/query$", self._logs),
+        ]
+        self.routes = [(m, h, re.compile(p, re.I), fn) for m, h, p, fn in table]
+
+    def _get_workspace(self, request: Recorded) -> Response:
+        return Response(
+            200, {"id": WS_PATH, "name": WORKSPACE, "location": LOCATION, "properties": {}}
+        )
+
+    def _endpoint_or_404(self, name: str) -> dict:
+        if name not in self.endpoints:
+            raise ServiceError(404, "ResourceNotFound", f"online endpoint {name} not found")
+        return self.endpoints[name]
+
+    def _get_endpoint(self, request: Recorded, ep: str) -> Response:
+        return Response(200, self._endpoint_or_404(ep))
+
+    def _put_endpoint(self, request: Recorded, ep: str) -> Response:
+        self._check_name("endpoint", ep)
+        body = request.body or {}
+        props = body.get("properties") or {}
+        traffic, mirror = props.get("traffic") or {}, props.get("mirrorTraffic") or {}
+        existing = self.endpoints.get(ep)
+        if existing is None:
+            if traffic or mirror:
+                self._check_traffic(ep, traffic, mirror)  # no deployments yet: any entry fails
+            resource = self._put_endpoint_resource(ep, body)
+            status = 201
+        else:
+            self._check_traffic(ep, traffic, mirror)
+            resource = existing
+            resource["tags"] = dict(body.get("tags") or {})
+            if body.get("identity"):
+                resource["identity"] = {**resource["identity"], **body["identity"]}
+            resource["properties"].update(
+                traffic={k.lower(): v for k, v in traffic.items() if v},
+                mirrorTraffic={k.lower(): v for k, v in mirror.items() if v},
+                description=props.get("description"),
+                properties=dict(props.get("properties") or {}),
+                provisioningState="Updating",
+            )
+            self._touch(resource)
+            status = 200
+
+        def done() -> None:
+            resource["properties"]["provisioningState"] = "Succeeded"
+
+        return Response(status, resource, self._operation(done))
+
+    def _list_keys(self, request: Recorded, ep: str) -> Response:
+        self._endpoint_or_404(ep)
+        primary, secondary = self.keys[ep]
+        return Response(200, {"primaryKey": primary, "secondaryKey": secondary})
+
+    def _list_deployments(self, request: Recorded, ep: str) -> Response:
+        self._endpoint_or_404(ep)
+        return Response(200, {"value": list(self.deployments[ep].values())})
+
+    def _deployment_or_404(self, ep: str, dep: str) -> dict:
+        self._endpoint_or_404(ep)
+        found = self.deployments[ep].get(dep.lower())
+        if found is None:
+            raise ServiceError(404, "ResourceNotFound", f"deployment {dep} not found")
+        return found
+
+    def _get_deployment(self, request: Recorded, ep: str, dep: str) -> Response:
+        return Response(200, self._deployment_or_404(ep, dep))
+
+    def _put_deployment(self, request: Recorded, ep: str, dep: str) -> Response:
+        self._endpoint_or_404(ep)
+        self._check_name("deployment", dep)
+        if dep.lower() not in self.deployments[ep] and len(self.deployments[ep]) >= MAX_DEPLOYMENTS:
+            raise ServiceError(
+                400, "BadArgument", f"endpoint {ep} has {MAX_DEPLOYMENTS} deployments"
+            )
+        body = request.body or {}
+        props = dict(body.get("properties") or {})
+        match = re.search(r"/models/([^/]+)/versions/([^/]+)$", props.get("model", ""))
+        if not match or (match[1], match[2]) not in self.models:
+            raise ServiceError(404, "ResourceNotFound", f"model {props.get('model')} not found")
+        props.pop("provisioningState", None)
+        extra = {
+            k: v
+            for k, v in props.items()
+            if k not in ("model", "instanceType", "endpointComputeType")
+        }
+        resource = self._deployment_resource(
+            ep,
+            dep.lower(),
+            (match[1], match[2]),
+            {
+                "instanceType": props.get("instanceType", "Standard_DS3_v2"),
+                "capacity": (body.get("sku") or {}).get("capacity", 1),
+                "tags": dict(body.get("tags") or {}),
+                **extra,
+            },
+        )
+        self.deployments[ep][dep.lower()] = resource
+        failure = self.failing_deployments.get(dep.lower())
+        error = {"code": failure[0], "message": failure[1]} if failure else None
+
+        def done() -> None:
+            resource["properties"]["provisioningState"] = "Failed" if failure else "Succeeded"
+
+        return Response(201, resource, self._operation(done, error))
+
+    def _delete_deployment(self, request: Recorded, ep: str, dep: str) -> Response:
+        self._endpoint_or_404(ep)
+        name = dep.lower()
+        if name not in self.deployments[ep]:
+            return Response(204)
+        props = self.endpoints[ep]["properties"]
+        if props["traffic"].get(name) or props["mirrorTraffic"].get(name):
+            raise ServiceError(400, "BadArgument", f"deployment {name} has traffic; cannot delete")
+        self.deployments[ep][name]["properties"]["provisioningState"] = "Deleting"
+
+        def done() -> None:
+            self.deployments[ep].pop(name, None)
+
+        headers = self._operation(done)
+        headers["Location"] = headers["Azure-AsyncOperation"]
+        return Response(202, None, headers)
+
+    def _model(self, request: Recorded, m: str, v: str) -> Response:
+        if (m, v) not in self.models:
+            raise ServiceError(404, "ResourceNotFound", f"model {m}:{v} not found")
+        return Response(
+            200,
+            {
+                "id": f"{WS_PATH}/models/{m}/versions/{v}",
+                "name": v,
+                "properties": {
+                    "modelType": "custom_model",
+                    "modelUri": f"azureml://locations/{LOCATION}/models/{m}/versions/{v}",
+                    "flavors": {},
+                    "properties": {},
+                    "tags": {},
+                    "isArchived": False,
+                },
+                "systemData": self._system_data(),
+            },
+        )
+
+    def _code_version(self, name: str, version: str) -> dict:
+        return {
+            "id": f"{WS_PATH}/codes/{name}/versions/{version}",
+            "name": version,
+            "properties": {
+                "codeUri": f"https://fakestore.blob.core.windows.net/code/{name}",
+                "isAnonymous": True,
+            },
+        }
+
+    def _find_code(self, request: Recorded, c: str) -> Response:
+        # As if this code snapshot was uploaded before: the SDK then reuses it by its hash.
+        # The upload itself goes to blob storage through a client MLClient does not give its
+        # transport to, so it cannot be driven offline (see startPendingUpload below).
+        return Response(200, {"value": [self._code_version("snapshot", "1")]})
+
+    def _code(self, request: Recorded, c: str, v: str) -> Response:
+        return Response(200, self._code_version(c, v))
+
+    def _upload(self, request: Recorded) -> Response:
+        raise ServiceError(400, "FakeUploadUnsupported", "uploads to blob storage are not faked")
+
+    def _put_environment(self, request: Recorded) -> Response:
+        body = copy.deepcopy(request.body or {})
+        body.update(
+            id=WS_PATH + request.path.split(WS_PATH, 1)[1], name=request.path.rsplit("/")[-1]
+        )
+        return Response(200, body)
+
+    def _poll_operation(self, request: Recorded, op: str) -> Response:
+        operation = self.operations.get(op)
+        if operation is None:
+            raise ServiceError(404, "ResourceNotFound", f"operation {op} not found")
+        if operation.status == "InProgress":
+            operation.polls_left -= 1
+            if operation.polls_left <= 0:
+                operation.on_done()
+                operation.status = "Failed" if operation.error else "Succeeded"
+        body: dict[str, Any] = {"id": op, "name": op, "status": operation.status}
+        if operation.error:
+            body["error"] = operation.error
+        return Response(200, body)
+
+    def _metrics(self, request: Recorded, res: str) -> Response:
+        names = request.query.get("metricnames", "").split(",")
+        value = []
+        for name in names:
+            series = self.metrics.get((res.lower(), name.lower()))
+            if series is None:
+                continue
+            value.append(metric_body(res, name, series, request.query.get("interval", "PT1M")))
+        return Response(
+            200,
+            {
+                "cost": 0,
+                "timespan": request.query.get("timespan", ""),
+                "interval": request.query.get("interval", "PT1M"),
+                "namespace": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+                "resourceregion": LOCATION,
+                "value": value,
+            },
+        )
+
+    def _logs(self, request: Recorded, ws: str) -> Response:
+        if self.log_answer is None:
+            raise ServiceError(400, "BadArgumentError", "no log data in this test")
+        body = request.body or {}
+        return self.log_answer(body.get("query", ""), body.get("timespan", ""))
+
+    def _score(self, request: Recorded, raw_headers: dict[str, str]) -> Response:
+        endpoint = request.host.split(".", 1)[0]
+        if endpoint not in self.endpoints:
+            return Response(404, {"message": "endpoint not found"})
+        authorization = raw_headers.get("authorization", "")
+        if authorization not in {f"Bearer {k}" for k in self.keys[endpoint]}:
+            return Response(401, {"message": "unauthorized"})
+        deployment = raw_headers.get("azureml-model-deployment", "").lower()
+        if deployment not in self.deployments[endpoint]:
+            return Response(404, {"message": f"deployment {deployment} not found"})
+        status, content = self.scoring.get((endpoint, deployment), (200, b"[0.12]"))
+        return Response(status, content, {"Content-Type": "application/json"})
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def handle(self, prepared: requests.PreparedRequest) -> Response:
+        url = urllib.parse.urlsplit(prepared.url)
+        raw_headers = {k.lower(): v for k, v in prepared.headers.items()}
+        body: Any = prepared.body
+        if isinstance(body, str):
+            body = body.encode()
+        if body and "json" in raw_headers.get("content-type", ""):
+            with contextlib.suppress(ValueError):
+                body = json.loads(body)
+        shown = {k: ("<redacted>" if k == "authorization" else v) for k, v in raw_headers.items()}
+        record = Recorded(
+            method=prepared.method,
+            host=url.hostname or "",
+            path=url.path,
+            query=dict(urllib.parse.parse_qsl(url.query)),
+            headers=shown,
+            body=body,
+        )
+        with self.lock:
+            self.requests.append(record)
+            for fault in self.faults:
+                if (
+                    fault.times > 0
+                    and fault.method == record.method
+                    and fault.host == record.host
+                    and fault.path.search(record.path)
+                ):
+                    fault.times -= 1
+                    return _error(fault.status, fault.code, "injected fault", fault.headers)
+            if record.host.endswith(".inference.ml.azure.com") and record.path == "/score":
+                return self._score(record, raw_headers)
+            for method, host, pattern, handler in self.routes:
+                match = pattern.search(record.path)
+                if method == record.method and host == record.host and match:
+                    try:
+                        return handler(record, **match.groupdict())
+                    except ServiceError as exc:
+                        return _error(exc.status, exc.code, exc.message, exc.headers)
+            self.unrouted.append(f"{record.method} {record.host}{record.path}")
+            return _error(501, "NoSuchRoute", f"the fake has no route for {record.path}")
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    def transport(self) -> Any:
+        """An azure-core transport that answers from this fake, with no-op sleeps."""
+        from azure.core.pipeline.transport import RequestsTransport
+
+        class NoSleepTransport(RequestsTransport):
+            def sleep(self, duration: float) -> None:  # LRO polls and retries wait on this
+                pass
+
+        session = requests.Session()
+        adapter = _FakeAdapter(self)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return NoSleepTransport(session=session, session_owner=False)
+
+
+class _FakeAdapter(HTTPAdapter):
+    def __init__(self, fake: FakeAzure):
+        super().__init__()
+        self.fake = fake
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        answer = self.fake.handle(request)
+        if isinstance(answer.body, bytes):
+            data = answer.body
+        elif answer.body is None:
+            data = b""
+        else:
+            data = json.dumps(answer.body).encode()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        headers.update(answer.headers)
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(data),
+            headers=headers,
+            status=answer.status,
+            preload_content=False,
+            decode_content=False,
+        )
+        return self.build_response(request, raw)
+
+
+class FakeCredential:
+    """Stands in for an azure-identity credential: never contacts Entra ID."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        self.calls += 1
+        return AccessToken("fake-arm-token", int(time.time()) + 3600)
+
+
+# -- REST shapes for gate data ----------------------------------------------------------------
+
+
+def series(dimensions: dict[str, str], points: list[tuple[datetime, dict[str, float]]]) -> dict:
+    """One `timeseries` element: `metadatavalues` and `data` (missing minutes simply absent)."""
+    return {
+        "metadatavalues": [
+            {"name": {"value": k, "localizedValue": k}, "value": v} for k, v in dimensions.items()
+        ],
+        "data": [{"timeStamp": iso(moment), **values} for moment, values in points],
+    }
+
+
+def metric_body(resource: str, name: str, timeseries: list[dict], interval: str) -> dict:
+    return {
+        "id": f"{resource}/providers/Microsoft.Insights/metrics/{name}",
+        "type": "Microsoft.Insights/metrics",
+        "name": {"value": name, "localizedValue": name},
+        "displayDescription": "",
+        "unit": "Count" if name == "RequestsPerMinute" else "Milliseconds",
+        "errorCode": "Success",
+        "timeseries": timeseries,
+    }
+
+
+def log_table(columns: list[tuple[str, str]], rows: list[list[Any]]) -> dict:
+    return {
+        "tables": [
+            {
+                "name": "PrimaryResult",
+                "columns": [{"name": n, "type": t} for n, t in columns],
+                "rows": rows,
+            }
+        ]
+    }
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def _is_loopback(host: Any) -> bool:
+    return isinstance(host, str) and (host.startswith(_LOOPBACK) or host == "")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse any connection or name lookup that is not loopback: a test reaching Azure fails."""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(host):
+            raise OSError(f"test tried to reach {host}: only loopback is allowed")
+        return real_connect(self, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _is_loopback(host):
+            raise OSError(f"test tried to resolve {host}: only loopback is allowed")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ACTIONS_ID_TOKEN_REQUEST_URL", raising=False)
+
+
+@pytest.fixture
+def fake_azure() -> FakeAzure:
+    fake = FakeAzure()
+    yield fake
+    assert not fake.unrouted, f"requests the fake has no route for: {fake.unrouted}"
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def provider_for(fake: FakeAzure, **options: Any) -> Any:
+    """An `AzureMLProvider` wired to `fake`: fake credential, fake transport, no real sleeps."""
+    from engine.providers.azure import AzureMLProvider, AzureWorkspace
+
+    clock = FakeClock()
+    options.setdefault("sleep", clock.sleep)
+    options.setdefault("clock", clock)
+    options.setdefault("report_every_s", 0.5)
+    return AzureMLProvider(
+        AzureWorkspace(SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE),
+        credential=FakeCredential(),
+        transport=fake.transport(),
+        **options,
+    )
