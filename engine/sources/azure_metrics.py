@@ -1,0 +1,275 @@
+"""Gate source `azure-metrics`: Azure Monitor platform metrics of a managed online endpoint.
+
+Called by the gate evaluator through `GateSource.measure`. Three `metrics.list` calls per
+measurement (azure-mgmt-monitor, the same ARM token as MLClient):
+
+- endpoint `RequestsPerMinute`, total per minute, filtered to the deployment and split by
+  `statusCodeClass`: requests, 5xx (`server_errors`) and everything but 2xx (`non_2xx`);
+- endpoint `RequestLatency_P50/P90/P95/P99`, per minute, filtered to the deployment;
+- deployment `CpuUtilizationPercentage` and `CpuMemoryUtilizationPercentage`.
+
+Per-minute percentiles cannot be combined into a true window percentile (that needs the
+requests themselves). The window value is the *maximum* of the per-minute values: never below
+the true window percentile's worst minute, so a `max` gate is never passed on an optimistic
+number, at the price of being pessimistic when one quiet minute is slow. Each `Measurement`
+says so in `aggregation`. Utilisation is the busiest minute's average, for the same reason.
+
+Only complete minutes count: the window's start is rounded up and its end down to the minute,
+and the caller keeps `ingestion_delay_s` between the window's end and now (platform metrics
+usually land within about three minutes). Minutes without data are simply absent.
+
+Mirrored requests: Azure attributes a mirrored copy to the shadow deployment in its metrics, with
+no dimension that marks it as mirrored. A deployment has live or mirrored traffic, never both
+(the service refuses it), so during a mirror step the candidate's series *is* its mirrored
+traffic, and `mirrored=True` reads the same series; direct calls that name the deployment (the
+smoke test) count too, and are kept out by starting the window after the smoke test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine.errors import SourceError
+from engine.providers.base import Measurement, Window
+
+REQUESTS_METRIC = "RequestsPerMinute"
+LATENCY_METRICS = {
+    50: "RequestLatency_P50",
+    90: "RequestLatency_P90",
+    95: "RequestLatency_P95",
+    99: "RequestLatency_P99",
+}
+CPU_METRIC = "CpuUtilizationPercentage"
+MEMORY_METRIC = "CpuMemoryUtilizationPercentage"
+INGESTION_DELAY_S = 180.0
+MINUTE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Dimensions:
+    """Dimension names as the metric definitions spell them; matched case-insensitively,
+    because the service returns them lower-cased (`statuscodeclass`)."""
+
+    deployment: str = "deployment"
+    status_class: str = "statusCodeClass"
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+
+def complete_minutes(window: Window) -> tuple[datetime, datetime] | None:
+    """The whole minutes inside `window`: start rounded up, end rounded down; None if none."""
+    start = window.start.astimezone(UTC)
+    end = window.end.astimezone(UTC)
+    floor_start = start.replace(second=0, microsecond=0)
+    first = floor_start if floor_start == start else floor_start + MINUTE
+    last = end.replace(second=0, microsecond=0)
+    return (first, last) if last > first else None
+
+
+def timespan(start: datetime, end: datetime) -> str:
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return f"{start.astimezone(UTC).strftime(fmt)}/{end.astimezone(UTC).strftime(fmt)}"
+
+
+def quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _dimension_values(element: Mapping[str, Any]) -> dict[str, str]:
+    values = {}
+    for item in element.get("metadatavalues") or []:
+        name = item.get("name")
+        name = name.get("value") if isinstance(name, Mapping) else name
+        if name:
+            values[str(name).lower()] = str(item.get("value") or "")
+    return values
+
+
+def _metric(response: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    for metric in response.get("value") or []:
+        metric_name = metric.get("name")
+        metric_name = metric_name.get("value") if isinstance(metric_name, Mapping) else metric_name
+        if str(metric_name).lower() == name.lower():
+            code = metric.get("errorCode")
+            if code and code != "Success":
+                raise SourceError(f"azure-metrics: {name}: {code} {metric.get('errorMessage', '')}")
+            return metric
+    return None
+
+
+def _series_for(
+    metric: Mapping[str, Any] | None, deployment: str, dims: Dimensions
+) -> Iterable[tuple[dict[str, str], list[Mapping[str, Any]]]]:
+    """The metric's series for one deployment: a series that names another deployment is
+    skipped; one without a deployment dimension was already filtered by the query."""
+    for element in (metric or {}).get("timeseries") or []:
+        values = _dimension_values(element)
+        named = values.get(dims.deployment.lower())
+        if named is not None and named.lower() != deployment.lower():
+            continue
+        yield values, list(element.get("data") or [])
+
+
+def _points(data: Iterable[Mapping[str, Any]], aggregation: str) -> list[float]:
+    """Values of one aggregation; a minute without data carries only its timeStamp."""
+    return [float(p[aggregation]) for p in data if p.get(aggregation) is not None]
+
+
+def parse_requests(
+    response: Mapping[str, Any], deployment: str, dims: Dimensions = Dimensions()
+) -> tuple[int, int, int]:
+    """(requests, 5xx, non-2xx) of `deployment` from a `RequestsPerMinute` answer split by
+    status code class; minutes are summed."""
+    total = server = non_2xx = 0
+    for values, data in _series_for(_metric(response, REQUESTS_METRIC), deployment, dims):
+        count = int(round(sum(_points(data, "total"))))
+        status_class = values.get(dims.status_class.lower(), "").lower()
+        total += count
+        if status_class == "5xx":
+            server += count
+        if status_class != "2xx":
+            non_2xx += count
+    return total, server, non_2xx
+
+
+def parse_latency(
+    response: Mapping[str, Any], deployment: str, dims: Dimensions = Dimensions()
+) -> tuple[dict[int, float], dict[int, int]]:
+    """({percentile: worst per-minute value}, {percentile: minutes with data})."""
+    worst: dict[int, float] = {}
+    minutes: dict[int, int] = {}
+    for percentile, name in LATENCY_METRICS.items():
+        values = [
+            v
+            for _, data in _series_for(_metric(response, name), deployment, dims)
+            for v in _points(data, "maximum")
+        ]
+        if values:
+            worst[percentile] = max(values)
+            minutes[percentile] = len(values)
+    return worst, minutes
+
+
+def parse_utilisation(response: Mapping[str, Any], name: str) -> float | None:
+    """The busiest minute's average of a deployment metric; None without data."""
+    metric = _metric(response, name)
+    values = [
+        v
+        for e in (metric or {}).get("timeseries") or []
+        for v in _points(e.get("data") or [], "average")
+    ]
+    return max(values) if values else None
+
+
+def describe_latency(minutes: Mapping[int, int]) -> str:
+    if not minutes:
+        return "no per-minute latency data"
+    counts = set(minutes.values())
+    if len(counts) == 1:
+        labels = "/".join(f"p{p}" for p in sorted(minutes))
+        return f"maximum of {counts.pop()} per-minute {labels} values"
+    parts = ", ".join(f"p{p} over {n} minutes" for p, n in sorted(minutes.items()))
+    return f"maximum of per-minute values ({parts})"
+
+
+# -- the source ---------------------------------------------------------------------------------
+
+
+class AzureMetricsSource:
+    name = "azure-metrics"
+    ingestion_delay_s = INGESTION_DELAY_S
+    per_minute = True
+
+    def __init__(
+        self,
+        subscription_id: str,
+        workspace_resource_id: str,
+        *,
+        credential: Any,
+        transport: Any = None,
+        dimensions: Dimensions = Dimensions(),
+    ):
+        self._subscription_id = subscription_id
+        self._workspace_id = workspace_resource_id.rstrip("/")
+        self._credential = credential
+        self._transport = transport
+        self._dims = dimensions
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from azure.mgmt.monitor import MonitorManagementClient
+
+            options = {"transport": self._transport} if self._transport is not None else {}
+            self._client = MonitorManagementClient(
+                self._credential, self._subscription_id, **options
+            )
+        return self._client
+
+    def _list(
+        self, resource_id: str, span: str, names: list[str], aggregation: str, filter: str | None
+    ) -> Mapping[str, Any]:
+        from azure.core.exceptions import AzureError
+
+        try:
+            # `cls` hands back the REST body itself, so the parsers read the documented shape.
+            return self.client.metrics.list(
+                resource_id,
+                timespan=span,
+                interval="PT1M",
+                metricnames=",".join(names),
+                aggregation=aggregation,
+                filter=filter,
+                cls=lambda pipeline_response, _deserialized, _headers: (
+                    pipeline_response.http_response.json()
+                ),
+            )
+        except AzureError as exc:
+            reason = getattr(getattr(exc, "error", None), "code", None) or type(exc).__name__
+            raise SourceError(
+                f"azure-metrics: {', '.join(names)} of {resource_id.rsplit('/', 1)[-1]}: {reason}"
+            ) from exc
+
+    def measure(
+        self, endpoint: str, deployment: str, window: Window, *, mirrored: bool
+    ) -> Measurement:
+        minutes = complete_minutes(window)
+        if minutes is None:
+            return Measurement(0, 0, 0, {}, aggregation="no complete minute in the window")
+        span = timespan(*minutes)
+        endpoint_id = f"{self._workspace_id}/onlineEndpoints/{endpoint}"
+        only_this = f"{self._dims.deployment} eq {quoted(deployment)}"
+
+        counts = self._list(
+            endpoint_id,
+            span,
+            [REQUESTS_METRIC],
+            "Total",
+            f"{only_this} and {self._dims.status_class} eq '*'",
+        )
+        requests, server_errors, non_2xx = parse_requests(counts, deployment, self._dims)
+        latency_answer = self._list(
+            endpoint_id, span, list(LATENCY_METRICS.values()), "Maximum", only_this
+        )
+        latency, latency_minutes = parse_latency(latency_answer, deployment, self._dims)
+        usage = self._list(
+            f"{endpoint_id}/deployments/{deployment}",
+            span,
+            [CPU_METRIC, MEMORY_METRIC],
+            "Average",
+            None,
+        )
+        return Measurement(
+            requests=requests,
+            server_errors=server_errors,
+            non_2xx=non_2xx,
+            latency_ms=latency,
+            cpu_percent=parse_utilisation(usage, CPU_METRIC),
+            memory_percent=parse_utilisation(usage, MEMORY_METRIC),
+            aggregation=describe_latency(latency_minutes),
+        )
