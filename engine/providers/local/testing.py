@@ -143,6 +143,15 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, what: s
         time.sleep(0.05)
 
 
+def process_running(pid: int) -> bool:
+    """True while `pid` runs; an exited process that its parent has not reaped yet does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 @pytest.fixture
 def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "saferollout-home"

@@ -124,8 +124,21 @@ def make_app(module: ModuleType, token: str) -> web.Application:
     return app
 
 
+def _read_token() -> str:
+    # Raw reads on fd 0: a buffered sys.stdin held by the watcher thread below would abort
+    # the interpreter at exit.
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(0, 1)
+        if not chunk:
+            break
+        line += chunk
+    return line.decode().strip()
+
+
 def _exit_when_stdin_closes() -> None:
-    sys.stdin.buffer.read()
+    while os.read(0, 4096):
+        pass
     os._exit(0)
 
 
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         channel.write(json.dumps(message) + "\n")
         channel.flush()
 
-    token = sys.stdin.buffer.readline().decode().strip()
+    token = _read_token()
     threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
     try:
         module = load_model(args.home, args.model_name, args.model_version, args.model_dir)
