@@ -10,8 +10,16 @@ deployments per endpoint). Writes answer like ARM long-running operations (201/2
 (`onlineEndpoints`, `onlineEndpoints/deployments`, `Microsoft.Insights/metrics`, the Log
 Analytics `query` API); error codes are the documented shape with illustrative codes.
 
-Nothing here opens a socket: unknown routes answer 501 and are listed in `unrouted`, and the
-`no_network` fixture refuses any connection that is not to loopback.
+Nothing here opens a socket: unknown routes answer 501 and are listed in `unrouted`, and
+`block_network` refuses any connection that is not to loopback. A test module wires it up with:
+
+    @pytest.fixture(autouse=True)
+    def offline(monkeypatch):
+        block_network(monkeypatch)
+
+    @pytest.fixture
+    def fake_azure():
+        yield from checked_fake()
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,6 +130,8 @@ class FakeAzure:
         self.scoring: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.metrics: dict[tuple[str, str], list[dict]] = {}
         self.log_answer: Callable[[str, str], Response] | None = None
+        # Runs when an endpoint write completes: lets a test play a concurrent writer.
+        self.after_endpoint_write: Callable[[str], None] | None = None
         self._ids = itertools.count(1)
         self.routes: list[tuple[str, str, re.Pattern, Callable[..., Response]]] = []
         self._add_routes()
@@ -372,6 +382,8 @@ class FakeAzure:
 
         def done() -> None:
             resource["properties"]["provisioningState"] = "Succeeded"
+            if self.after_endpoint_write is not None:
+                self.after_endpoint_write(ep)
 
         return Response(status, resource, self._operation(done))
 
@@ -695,9 +707,10 @@ def _is_loopback(host: Any) -> bool:
     return isinstance(host, str) and (host.startswith(_LOOPBACK) or host == "")
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Refuse any connection or name lookup that is not loopback: a test reaching Azure fails."""
+def block_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse any connection or name lookup that is not loopback, and clear the Azure variables
+    of the developer's shell: a test that would reach Azure fails instead. Use from an autouse
+    fixture in each Azure test module."""
     real_connect = socket.socket.connect
     real_getaddrinfo = socket.getaddrinfo
 
@@ -714,14 +727,20 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE"):
+    for name in (
+        "AZURE_SUBSCRIPTION_ID",
+        "AZURE_RESOURCE_GROUP",
+        "AZUREML_WORKSPACE",
+        "AZURE_LOG_ANALYTICS_WORKSPACE_ID",
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("ACTIONS_ID_TOKEN_REQUEST_URL", raising=False)
 
 
-@pytest.fixture
-def fake_azure() -> FakeAzure:
-    fake = FakeAzure()
+def checked_fake(fake: FakeAzure | None = None) -> Iterator[FakeAzure]:
+    """For a fixture: yields a fake and fails the test if it met a request it has no route for."""
+    fake = fake or FakeAzure()
     yield fake
     assert not fake.unrouted, f"requests the fake has no route for: {fake.unrouted}"
 
