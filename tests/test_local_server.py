@@ -3,6 +3,7 @@ failing models and the request log, as a client and the gates see them."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import math
@@ -13,13 +14,18 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from engine.live import EndpointWrite, ProvisioningState
 from engine.providers.base import Window
 from engine.providers.local.provider import LocalProvider
+from engine.providers.local.server import LocalServer, ServerSettings
 from engine.providers.local.source import LocalSource
+from engine.providers.local.store import ControlPlane
 from engine.providers.local.testing import (
     deploy,
     make_toy_model,
@@ -383,40 +389,33 @@ def test_a_second_server_for_the_same_home_is_refused_and_points_at_the_first(se
     assert server.ensure_server() is False
 
 
-def test_a_restarted_server_keeps_endpoints_keys_and_the_request_log(local_home, toy_model):
-    provider = LocalProvider(local_home)
+def test_a_restarted_server_keeps_endpoints_keys_and_the_request_log(local_server, toy_model):
+    provider = local_server
     deploy(provider, "keep", {"keep-a": toy_model("keep")}, {"keep-a": 100})
     write = EndpointWrite({"keep-a": 100}, {}, {"saferollout.phase": "Succeeded"})
-    before = provider.update_endpoint(
-        "keep", write, expected_revision=provider.read_endpoint("keep").revision
-    )
+    revision = provider.read_endpoint("keep").revision
+    before = provider.update_endpoint("keep", write, expected_revision=revision)
     key = provider.endpoint_key("keep")
     assert {r.status for r in burst(provider, "keep", 5)} == {200}
-    old_pid = json.loads((local_home / "server.json").read_text())["pid"]
+    old_pid = json.loads((provider.home / "server.json").read_text())["pid"]
 
-    try:
-        assert provider.stop_server() is True
-        assert not (local_home / "server.json").exists()
-        assert provider.ensure_server() is True
-        after = provider.read_endpoint("keep")
-        wait_until(
-            lambda: provider.server_state()["workers"]["keep/keep-a"]["status"] == "ready",
-            10,
-            "the worker after restart",
-        )
-
-        assert json.loads((local_home / "server.json").read_text())["pid"] != old_pid
-        assert (after.traffic, after.tags, after.revision) == (
-            before.traffic,
-            before.tags,
-            before.revision,
-        )
-        assert provider.endpoint_key("keep") == key
-        assert {r.status for r in burst(provider, "keep", 5)} == {200}
-        assert logged(provider, "keep", "keep-a", 10).requests == 10
-    finally:
-        provider.stop_server()
+    assert provider.stop_server() is True
+    assert not (provider.home / "server.json").exists()
     assert not process_running(old_pid)
+    assert provider.ensure_server() is True
+    after = provider.read_endpoint("keep")
+
+    assert json.loads((provider.home / "server.json").read_text())["pid"] != old_pid
+    assert (after.traffic, after.tags, after.revision) == (
+        before.traffic,
+        before.tags,
+        before.revision,
+    )
+    assert provider.endpoint_key("keep") == key
+    # ensure_server returns once the deployments that were serving serve again.
+    assert provider.server_state()["workers"]["keep/keep-a"]["status"] == "ready"
+    assert {r.status for r in burst(provider, "keep", 5)} == {200}
+    assert logged(provider, "keep", "keep-a", 10).requests == 10
 
 
 def test_the_server_binds_loopback_by_default(local_server):
@@ -424,3 +423,66 @@ def test_the_server_binds_loopback_by_default(local_server):
     assert info["host"] == "127.0.0.1"
     assert os.path.basename(local_server.scoring_url("any-endpoint")) == "score"
     assert local_server.scoring_url("any-endpoint").startswith("http://127.0.0.1:")
+
+
+# ---- the server in this process: its own safety nets ------------------------------------------
+
+
+async def _serving(home: Path, settings: ServerSettings, scenario):
+    runner = web.AppRunner(LocalServer(home, settings).app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        return await scenario(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+def test_a_client_that_never_sends_its_body_is_dropped_with_408(tmp_path):
+    control = ControlPlane(tmp_path)
+    control.create_endpoint("patient")
+    key = control.endpoint_key("patient")
+
+    async def stall(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (
+            "POST /endpoints/patient/score HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: 100\r\n\r\n{{"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    status_line = asyncio.run(_serving(tmp_path, ServerSettings(client_timeout_s=0.3), stall))
+    assert status_line.split()[1] == b"408"
+
+
+def test_an_unexpected_error_in_the_server_is_a_502_never_a_500(tmp_path, monkeypatch):
+    control = ControlPlane(tmp_path)
+    control.create_endpoint("faulty")
+    key = control.endpoint_key("faulty")
+
+    async def broken(*_args):
+        raise RuntimeError("a bug in routing")
+
+    monkeypatch.setattr(LocalServer, "_score", broken)
+
+    async def call(port: int) -> tuple[int, dict]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/endpoints/faulty/score",
+                data=BODY,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response,
+        ):
+            return response.status, await response.json()
+
+    status, body = asyncio.run(_serving(tmp_path, ServerSettings(), call))
+    assert status == 502
+    assert "server.log" in body["error"]

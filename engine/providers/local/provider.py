@@ -232,6 +232,9 @@ class LocalProvider:
             ) from None
         if done.returncode == 0:
             log.info("local server started home=%s url=%s", self.home, done.stdout.strip())
+            # Deployments that were serving before come back with their workers; until those
+            # are up their state still reads Succeeded, so wait rather than answer 503s.
+            self._await_workers(START_TIMEOUT_S)
             return True
         # Another process may have started one at the same moment: that one is as good.
         if self._await_healthy(START_TIMEOUT_S / 3):
@@ -316,6 +319,20 @@ class LocalProvider:
                 return True
             time.sleep(POLL_S * 4)
         return False
+
+    def _await_workers(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            server = self._server_address()
+            if server is None:
+                return
+            try:
+                status, body = _request(*server, "GET", "/healthz", timeout=2.0)
+                if status != 200 or not json.loads(body).get("starting"):
+                    return
+            except (OSError, ValueError):
+                return
+            time.sleep(POLL_S)
 
     def _await_server(self, condition) -> None:
         """Wait briefly until the running server's state satisfies `condition`; without a

@@ -146,6 +146,19 @@ class WorkerSlot:
         return (self.endpoint, self.deployment)
 
 
+MAX_LOG_BYTES = 8 * 1024 * 1024
+
+
+def rotate_log(path: Path) -> None:
+    """Keep one older copy of a log that has grown past MAX_LOG_BYTES: a chatty model or a
+    long-lived server must not fill the disk."""
+    try:
+        if path.stat().st_size > MAX_LOG_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 def _tail(path: Path, limit: int = 200) -> str:
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
@@ -273,6 +286,7 @@ class WorkerPool:
         """Start the worker and wait until it is ready; the failure reason, or ''."""
         log_path = self.home / "workers" / slot.endpoint / f"{slot.deployment}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(log_path)
         command = [
             sys.executable,
             "-m",
@@ -530,7 +544,7 @@ class LocalServer:
         started = time.monotonic()
         endpoint = request.match_info["endpoint"]
         route = self.routes.get(endpoint)
-        if route is None:
+        if route is None:  # not logged: each made-up name would get a log file of its own
             return _reply(404, f"endpoint {endpoint} does not exist on this local server")
         response, deployment = await self._score(request, route, started)
         latency_ms = (time.monotonic() - started) * 1000.0
@@ -771,6 +785,7 @@ def _detach_and_serve(home: Path, host: str, port: int, settings: ServerSettings
     os.close(read_end)
     os.setsid()
     home.mkdir(parents=True, exist_ok=True)
+    rotate_log(home / "server.log")
     log_fd = os.open(home / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null_fd, 0)
