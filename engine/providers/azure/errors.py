@@ -102,6 +102,8 @@ def translate(exc: BaseException, *, endpoint: str, operation: str) -> ProviderE
     if isinstance(exc, core.ResourceModifiedError):
         text = f"{where} was refused: the resource changed since it was read ({code or 412})"
         return ConflictError(text, code=code or "PreconditionFailed", **fields)
+    if isinstance(exc, core.TooManyRedirectsError):
+        return permanent("TooManyRedirects")
     if isinstance(exc, core.DecodeError):
         # A truncated or garbled body is a transport accident, not the service's answer.
         return transient("unreadable response", CONNECTION_DELAY_S)
