@@ -237,12 +237,17 @@ def _read_bytes(path: Path) -> tuple[bytes, Problem | None]:
 
 
 def _load_source(source: str | bytes, file: str, path: Path, folder: Path | None) -> _Outcome:
-    doc = read_document(source, file)
-    rollout = _validate(doc) if doc.readable else None
     manifest = None
-    if rollout is not None:
-        model_dir, request = _resolve_files(rollout, doc, folder)
-        manifest = LoadedManifest(rollout, path, model_dir, request)
+    doc = Document(file)
+    try:
+        doc = read_document(source, file)
+        rollout = _validate(doc) if doc.readable else None
+        if rollout is not None:
+            model_dir, request = _resolve_files(rollout, doc, folder)
+            manifest = LoadedManifest(rollout, path, model_dir, request)
+    except Exception as error:  # noqa: BLE001 - a loader bug must not become a traceback
+        message = f"internal error while reading the manifest ({type(error).__name__}: {error})"
+        doc.add(Problem(file, 1, 1, "", message, hint="please report it with this file"))
     problems = _capped(sorted(doc.problems, key=lambda p: (p.line, p.column)))
     return _Outcome(doc, problems, None if problems else manifest)
 
@@ -393,8 +398,8 @@ def _syntax_message(error: MarkedYAMLError) -> str:
 
 
 class _TooLarge(Exception):
-    def __init__(self, loc: Loc, line: int, column: int):
-        self.loc, self.line, self.column = loc, line, column
+    def __init__(self, loc: Loc, reason: str):
+        self.loc, self.reason = loc, reason
 
 
 class _Builder:
@@ -410,11 +415,11 @@ class _Builder:
     def build(self, node: Any, loc: Loc, line: int, column: int) -> Any:
         self.values += 1
         if self.values > MAX_VALUES or len(loc) > MAX_DEPTH:
-            raise _TooLarge(loc, line, column)
+            raise _TooLarge(loc, f"expand past {MAX_VALUES} values or {MAX_DEPTH} levels")
         if isinstance(node, ScalarNode):
             return self.scalar(node, loc, line, column)
-        if id(node) in self.open_nodes:  # an alias inside its own anchor
-            raise _TooLarge(loc, line, column)
+        if id(node) in self.open_nodes:
+            raise _TooLarge(loc, "refer to themselves (an alias inside its own anchor)")
         self.open_nodes.add(id(node))
         try:
             if isinstance(node, MappingNode):
@@ -451,7 +456,7 @@ class _Builder:
         text = str(node.value)
         self.chars += len(text)
         if self.chars > MAX_EXPANDED_CHARS:
-            raise _TooLarge(loc, line, column)
+            raise _TooLarge(loc, f"expand past {MAX_EXPANDED_CHARS} characters")
         tag = _tag(node)
         kind = _SCALAR_KINDS.get(tag)
         if kind is None:
@@ -491,18 +496,17 @@ def _build(root: Any, doc: Document) -> None:
     try:
         doc.data = builder.build(root, (), *_start(root))
     except _TooLarge as too_large:
-        doc.spots.clear()
-        doc.data = None
+        # Report at the top-level key being built: node marks inside an expansion point at the
+        # anchor, not at the alias that expanded it.
         doc.add(
-            Problem(
-                doc.file,
-                too_large.line,
-                too_large.column,
-                format_loc(too_large.loc),
-                f"anchors and aliases expand past {MAX_VALUES} values or {MAX_DEPTH} levels",
+            doc.problem(
+                too_large.loc[:1],
+                f"anchors and aliases {too_large.reason}",
                 hint="write the manifest out without aliases",
             )
         )
+        doc.spots.clear()
+        doc.data = None
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -813,6 +817,8 @@ def _pick(candidates: list[type[BaseModel]], node: Any) -> type[BaseModel] | Non
 def _hint(error: dict[str, Any], loc: Loc, spot: Spot, text: FieldText | None) -> str | None:
     kind = text.kind if text else "text"
     given = error.get("input")
+    if kind == "map" or not loc:
+        return None
     if _is_bool_word(spot):
         return _bool_word_hint(spot.text or "", loc, kind, error)
     if spot.kind == "null":
@@ -875,7 +881,11 @@ def _percent_hint(loc: Loc, given: Any) -> str:
     if number.is_integer() and 1 <= number <= top:
         return f"write {int(number)}, an integer percent"
     if number > top:
-        return "Azure mirrors at most 50 % of live traffic" if top == 50 else "100 is all traffic"
+        return (
+            "Azure mirrors at most 50 % of live traffic"
+            if top == 50
+            else "100 is all of live traffic"
+        )
     if number <= 0:
         return "1 is the smallest share; stable keeps the rest"
     if number < 1:

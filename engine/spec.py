@@ -129,13 +129,16 @@ def _pinned(value: str) -> str:
     return value
 
 
-VERSION_PATTERN = r"^[A-Za-z0-9][\w.-]*$"
+# Spelled out in ASCII: `\w` means three different things in pydantic (Rust), jsonschema (Python)
+# and editors (JavaScript), and the engine and the schema must agree.
+ASSET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+VERSION_PATTERN = ASSET_NAME_PATTERN
 # The schema spells "not latest" as a look-ahead, which editors and jsonschema understand.
-_SCHEMA_VERSION_PATTERN = r"^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)[A-Za-z0-9][\w.-]*$"
+_SCHEMA_VERSION_PATTERN = r"^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class ModelRef(StrictModel):
-    name: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+    name: Annotated[str, Field(min_length=1, max_length=255, pattern=ASSET_NAME_PATTERN)]
     version: Annotated[
         str,
         BeforeValidator(_version),
@@ -334,10 +337,13 @@ def assess_gate_bounds(gate: ThresholdGate) -> list[Violation]:
     exactly_one = "a threshold gate has exactly one of max, min or max_ratio_to_stable"
     if not given:
         return [Violation((), exactly_one, "add one of them")]
-    found = [
-        Violation((key,), f"{exactly_one}, and this one also has {given[0]}", "one bound per gate")
-        for key in given[1:]
-    ]
+    found = []
+    if len(given) > 1:
+        found.append(
+            Violation(
+                (), f"{exactly_one}; this one has {' and '.join(given)}", "one bound per gate"
+            )
+        )
     for key in given:
         value = getattr(gate, key)
         if value is None:
@@ -386,7 +392,7 @@ class ThresholdGate(StrictModel):
         }
     )
 
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=ASSET_NAME_PATTERN)]
     # Not strict: a manifest spells the metric as its string value, never as the enum member.
     metric: Annotated[Metric, Field(strict=False)]
     # Null is not a bound: the schema says number, and an explicit null is reported as empty.
