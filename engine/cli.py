@@ -293,7 +293,7 @@ def demo(
     """Train, serve and roll out three versions of the credit-risk model on this machine."""
     from engine.demo import run_demo
 
-    raise typer.Exit(run_demo(fast=fast, keep=keep, say=say))
+    raise typer.Exit(run_demo(fast=fast, keep=keep, say=say).exit_code)
 
 
 def main() -> None:

@@ -43,8 +43,27 @@ class Pace:
     pass_interval_s: float
 
 
-NORMAL = Pace(bake_s=20, warmup_s=2, min_requests=50, requests_per_s=30, pass_interval_s=1.0)
-FAST = Pace(bake_s=6, warmup_s=1, min_requests=25, requests_per_s=40, pass_interval_s=0.5)
+# At 10 % of live traffic a step must collect `min_requests` within its bake after warm-up:
+# 40 requests/s * 10 % * 18 s = 72 >= 50, and 60 * 10 % * 7 s = 42 >= 20.
+NORMAL = Pace(bake_s=20, warmup_s=2, min_requests=50, requests_per_s=40, pass_interval_s=1.0)
+FAST = Pace(bake_s=8, warmup_s=1, min_requests=20, requests_per_s=60, pass_interval_s=0.5)
+DRIVER_THREADS = 4
+
+
+@dataclass
+class DemoReport:
+    """What the demo saw, for the summary and for the end-to-end test."""
+
+    home: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: dict[str, str] = field(default_factory=dict)  # version -> outcome
+    rollback_reason: str = ""
+    rollback_gate: str = ""
+    final_traffic: dict[str, int] = field(default_factory=dict)
+    stable: str = ""
+    requests_sent: int = 0
+    client_errors: int = 0
+    exit_code: int = 0
 
 
 @dataclass
@@ -60,33 +79,41 @@ class TrafficDriver:
     sent: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
-        self._thread.start()
+        # A few clients share the rate so one slow answer does not stall the schedule.
+        for n in range(DRIVER_THREADS):
+            thread = threading.Thread(target=self._run, args=(n,), name=f"demo-traffic-{n}")
+            thread.daemon = True
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
-    def _run(self) -> None:
+    def _run(self, offset: int) -> None:
         from engine.errors import TransientError
         from engine.providers.local.provider import post_score
 
-        interval = 1.0 / self.rate
-        due = time.monotonic()
-        while not self._stop.is_set():
-            body = self.bodies[self.sent % len(self.bodies)]
+        interval = DRIVER_THREADS / self.rate
+        due = time.monotonic() + offset * interval / DRIVER_THREADS
+        count = offset
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            body = self.bodies[count % len(self.bodies)]
+            count += DRIVER_THREADS
             try:
                 result = post_score(self.host, self.port, self.endpoint, self.key, body, timeout=10)
-                self.statuses[result.status] = self.statuses.get(result.status, 0) + 1
+                status = result.status
             except TransientError:
-                self.statuses[0] = self.statuses.get(0, 0) + 1
-            self.sent += 1
+                status = 0  # no answer at all
+            with self._lock:
+                self.sent += 1
+                self.statuses[status] = self.statuses.get(status, 0) + 1
             due += interval
-            self._stop.wait(max(0.0, due - time.monotonic()))
 
 
 def _repository_root() -> Path:
@@ -199,7 +226,8 @@ def _roll_out(
         result = reconciler.apply()
         final = result.final
         if result.rolled_back:
-            return Outcome.ROLLED_BACK, final
+            rollback = next(p for p in result.plans if p.outcome is Outcome.ROLLED_BACK)
+            return Outcome.ROLLED_BACK, rollback
         if final and final.outcome in until:
             return final.outcome, final
         if time.monotonic() > deadline:
@@ -215,7 +243,9 @@ def _roll_out(
         time.sleep(pace.pass_interval_s)
 
 
-def run_demo(*, fast: bool = False, keep: bool = False, say: Callable[[str], None] = print) -> int:
+def run_demo(
+    *, fast: bool = False, keep: bool = False, say: Callable[[str], None] = print
+) -> DemoReport:
     from engine.loader import load_manifest
     from engine.providers.local.provider import LocalProvider
     from training.data import load_german_credit, request_records
@@ -241,8 +271,8 @@ def run_demo(*, fast: bool = False, keep: bool = False, say: Callable[[str], Non
     endpoint = base.rollout.spec.target.endpoint
     provider = LocalProvider(home)
     driver: TrafficDriver | None = None
-    rows: list[dict[str, Any]] = []
-    code = 0
+    report = DemoReport(home=home)
+    rows = report.rows
     try:
         say("\n2. Starting the local backend on 127.0.0.1")
         provider.ensure_server()
@@ -256,6 +286,7 @@ def run_demo(*, fast: bool = False, keep: bool = False, say: Callable[[str], Non
         say("\n3. v1 becomes stable (the endpoint is empty)")
         rec = reconciler_for("1")
         outcome, _ = _roll_out(rec, pace, say, {Outcome.CONVERGED}, 120)
+        report.outcomes["v1"] = outcome.value
         rows += _step_rows(
             "v1", provider.read_endpoint(endpoint), rec.desired.rollout.spec, "stable"
         )
@@ -276,9 +307,10 @@ def run_demo(*, fast: bool = False, keep: bool = False, say: Callable[[str], Non
         rec = reconciler_for("2")
         outcome, final = _roll_out(rec, pace, say, {Outcome.CONVERGED, Outcome.PAUSED}, 240)
         rows += _step_rows("v2", provider.read_endpoint(endpoint), rec.desired.rollout.spec, "")
+        report.outcomes["v2"] = outcome.value
         if outcome is not Outcome.CONVERGED:
             say(f"   v2 did not complete: {final.summary if final else outcome}")
-            code = 1
+            report.exit_code = 1
 
         say("\n5. v3 (trained on data that lost every business loan) rolls out")
         rec = reconciler_for("3")
@@ -288,12 +320,20 @@ def run_demo(*, fast: bool = False, keep: bool = False, say: Callable[[str], Non
         live = provider.read_endpoint(endpoint)
         rows += _step_rows("v3", live, rec.desired.rollout.spec, "")
         state = decode(live.tags)
+        report.outcomes["v3"] = outcome.value
+        report.final_traffic = live.live_traffic()
+        report.stable = state.stable or ""
+        failed_gate = next(
+            (g for g in (final.gates if final else ()) if g.verdict.is_failure), None
+        )
+        report.rollback_reason = state.decision.partition(": ")[2]
+        report.rollback_gate = failed_gate.gate if failed_gate else ""
         if outcome is Outcome.ROLLED_BACK:
-            say(f"   rolled back automatically: {state.decision.partition(': ')[2]}")
+            say(f"   v3 was rolled back automatically ({state.decision.partition(': ')[2]})")
             say(f"   live traffic now: {live.live_traffic()}")
         else:
             say(f"   v3 was not rolled back: {final.summary if final else outcome}")
-            code = 1
+            report.exit_code = 1
     finally:
         if driver:
             driver.stop()
@@ -305,9 +345,10 @@ def run_demo(*, fast: bool = False, keep: bool = False, say: Callable[[str], Non
     if driver:
         total = sum(driver.statuses.values())
         failures = sum(n for status, n in driver.statuses.items() if status >= 500 or status == 0)
+        report.requests_sent, report.client_errors = total, failures
         say(
-            f"\n{total:,} live requests sent; {failures:,} answered with an error "
-            f"({failures / max(total, 1):.2%}), all of them while a candidate was exposed"
+            f"\n{total:,} live requests sent by clients; {failures:,} answered with an error "
+            f"({failures / max(total, 1):.2%}); errors of mirrored copies never reach clients."
         )
     say(f"demo finished in {time.monotonic() - started:.0f} s (state kept in {home})")
-    return code
+    return report
