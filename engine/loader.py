@@ -55,6 +55,7 @@ _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _STEP_KINDS = ("mirror", "traffic", "approval")
 _VERSION_LOC: Loc = ("spec", "model", "version")
+_BOUND_KEYS = ("max", "min", "max_ratio_to_stable")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ class Document:
                 return self.spots[loc[:end]]
         return Spot(1, 1, "null")
 
-    def problem(self, loc: Loc, message: str, value: str | None = None, hint: str | None = None):
+    def problem(
+        self, loc: Loc, message: str, value: str | None = None, hint: str | None = None
+    ) -> Problem:
         spot = self.spot(loc)
         return Problem(self.file, spot.line, spot.column, format_loc(loc), message, value, hint)
 
@@ -137,7 +140,8 @@ def load_manifest_text(
 
     With `base_dir`, paths resolve as if the manifest sat in that folder, and the model folder
     and smoke request must exist. Without it the file system is not consulted: `model_dir` is
-    `models/<name>` and `smoke_request` is the manifest's path or the model's sample request.
+    `models/<name>` and `smoke_request` is `smoke_test.request` as written, or the model's
+    `sample-request.json`.
     """
     folder = Path(base_dir).resolve() if base_dir is not None else None
     outcome = _load_source(text, str(file), Path(file), folder)
@@ -463,8 +467,8 @@ class _Builder:
             # No manifest field is a date: keep what was written. Other tags are refused.
             if tag != _TIMESTAMP:
                 shown = tag.replace(_TAG, "!!")
-                self.refuse(loc, line, column, f"the YAML tag {shown} is not supported")
-                self.doc.claimed.add(loc)  # its value is a stand-in: say nothing more about it
+                # Its value is a stand-in: validation says nothing more about it.
+                self.refuse(loc, line, column, f"the YAML tag {shown} is not supported", claim=True)
             kind = "str"
         self.doc.spots[loc] = Spot(line, column, kind, text, node.style is None)
         if kind == "str":
@@ -472,15 +476,21 @@ class _Builder:
         try:
             return self.constructor.construct_object(node, deep=True)
         except (YAMLError, ValueError, OverflowError, KeyError, TypeError):
-            self.refuse(loc, line, column, f"cannot read {text!r} as {kind}")
-            self.doc.claimed.add(loc)
+            self.refuse(loc, line, column, f"cannot read {text!r} as {kind}", claim=True)
             return text
 
     def refuse(
-        self, loc: Loc, line: int, column: int, message: str, hint: str | None = None
+        self,
+        loc: Loc,
+        line: int,
+        column: int,
+        message: str,
+        hint: str | None = None,
+        *,
+        claim: bool = False,
     ) -> None:
         problem = Problem(self.doc.file, line, column, format_loc(loc), message, hint=hint)
-        self.doc.add(problem)
+        self.doc.add(problem, loc if claim else None)
 
 
 def _start(node: Any) -> tuple[int, int]:
@@ -584,6 +594,9 @@ def _yaml11_reading(word: str) -> str:
 def _trap(loc: Loc, spot: Spot, doc: Document) -> Problem | None:
     """YAML quirks the models accepted but that would not mean what the author meant."""
     text = spot.text or ""
+    if spot.kind == "null" and _field_key(loc) in {f"spec.gates[].{k}" for k in _BOUND_KEYS}:
+        # The models read a null bound as no bound; written out, it is a mistake.
+        return doc.problem(loc, f"{loc[-1]} has no value", _shown(spot), "write a number")
     if _is_bool_word(spot):
         return doc.problem(
             loc,

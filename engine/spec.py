@@ -332,8 +332,12 @@ def _range_hint(metric: Metric, value: float) -> str:
 
 
 def assess_gate_bounds(gate: ThresholdGate) -> list[Violation]:
-    """Exactly one bound, set to a value the metric can take."""
-    given = [key for key in BOUNDS if key in gate.model_fields_set]
+    """Exactly one bound, set to a value the metric can take.
+
+    A bound of None counts as absent, so a dumped rollout validates again; the loader reports
+    an explicit `max:` with no value in the manifest itself.
+    """
+    given = [key for key in BOUNDS if getattr(gate, key) is not None]
     exactly_one = "a threshold gate has exactly one of max, min or max_ratio_to_stable"
     if not given:
         return [Violation((), exactly_one, "add one of them")]
@@ -346,9 +350,7 @@ def assess_gate_bounds(gate: ThresholdGate) -> list[Violation]:
         )
     for key in given:
         value = getattr(gate, key)
-        if value is None:
-            found.append(Violation((key,), f"{key} has no value", "write a number"))
-        elif key == "max_ratio_to_stable" and value <= 0:
+        if key == "max_ratio_to_stable" and value <= 0:
             found.append(
                 Violation(
                     (key,),
@@ -501,7 +503,7 @@ class Spec(StrictModel):
 
 
 class ModelRollout(StrictModel):
-    """A loaded, valid manifest. `source_file` is where it came from (not part of the contract)."""
+    """A valid manifest; `engine.loader.LoadedManifest` adds the file and the files it names."""
 
     apiVersion: Literal["saferollout/v1"]  # noqa: N815 - the manifest's own spelling
     kind: Literal["ModelRollout"]

@@ -359,8 +359,24 @@ def test_an_explicit_null_bound_is_not_a_bound():
     text = variant(("      max: 0.01", "      max:"))
 
     assert problems(text) == [
+        "m.yaml:23:7: spec.gates[0]: a threshold gate has exactly one of max, min or "
+        "max_ratio_to_stable; add one of them",
         "m.yaml:25:7: spec.gates[0].max: max has no value (got nothing); write a number",
     ]
+
+
+def test_an_explicit_null_beside_a_real_bound_is_still_reported():
+    text = variant(("      max: 0.01", "      max: 0.01\n      min: null"))
+
+    assert problems(text) == [
+        "m.yaml:26:7: spec.gates[0].min: min has no value (got null); write a number",
+    ]
+
+
+def test_a_rollout_validates_again_from_its_meaning():
+    rollout = load_manifest_text(MINIMAL, "m.yaml").rollout
+
+    assert ModelRollout.model_validate(rollout.meaning()) == rollout
 
 
 def test_a_bound_written_as_a_string_is_rejected():
@@ -450,6 +466,26 @@ def test_a_yes_no_word_for_a_boolean_says_to_write_true_or_false():
     assert problems(text) == [
         "m.yaml:30:7: spec.gates[1].dry_run: dry_run is true or false (got yes); "
         "write true: YAML 1.2 reads yes as text, YAML 1.1 as true",
+    ]
+
+
+def test_kind_is_exact():
+    assert problems(variant(("kind: ModelRollout", "kind: modelrollout"))) == [
+        "m.yaml:2:1: kind: kind is ModelRollout (got modelrollout); did you mean ModelRollout?",
+    ]
+
+
+def test_a_quoted_boolean_says_to_drop_the_quotes():
+    text = variant(
+        (
+            "      max_ratio_to_stable: 1.25",
+            '      max_ratio_to_stable: 1.25\n      dry_run: "true"',
+        )
+    )
+
+    assert problems(text) == [
+        'm.yaml:30:7: spec.gates[1].dry_run: dry_run is true or false (got "true"); '
+        "write true or false, without quotes",
     ]
 
 
