@@ -23,7 +23,12 @@ from aiohttp import web
 from engine.live import EndpointWrite, ProvisioningState
 from engine.providers.base import Window
 from engine.providers.local.provider import LocalProvider
-from engine.providers.local.server import LocalServer, ServerSettings
+from engine.providers.local.server import (
+    LocalServer,
+    ServerSettings,
+    cpu_percent,
+    pick_deployment,
+)
 from engine.providers.local.source import LocalSource
 from engine.providers.local.store import ControlPlane
 from engine.providers.local.testing import (
@@ -102,6 +107,19 @@ def _within_4_sigma(observed: int, n: int, p: float) -> bool:
 
 
 # ---- routing ---------------------------------------------------------------------------------
+
+
+def test_each_percent_of_the_roll_goes_to_exactly_one_deployment_by_its_share():
+    route_traffic = (("churn-7", 67), ("churn-8", 100))
+    picks = Counter(pick_deployment(route_traffic, roll) for roll in range(100))
+    assert picks == {"churn-7": 67, "churn-8": 33}
+    assert pick_deployment((), 0) is None
+
+
+def test_cpu_percent_is_a_share_of_the_whole_machine():
+    # 50 ticks of 100 Hz over one second on two cores: half a core, a quarter of the machine.
+    assert cpu_percent(50, 1.0, cpus=2, hz=100) == pytest.approx(25.0)
+    assert cpu_percent(10, 0.0, cpus=2, hz=100) == 0.0
 
 
 def test_live_traffic_is_split_by_weight_and_logged_exactly(server, models):

@@ -4,7 +4,7 @@ It follows the control plane (`store.py`) by polling the state file, provisions 
 process per deployment (`worker.py`) and records each outcome as the deployment's state, routes
 `POST /endpoints/{endpoint}/score` by the endpoint's traffic with mirroring and the
 `azureml-model-deployment` header, and logs every request for the `local` gate source
-(`requestlog.py`). Status codes are those of Azure ML managed online endpoints:
+(`requestlog.py`). Status codes follow Azure ML's troubleshooting guide for online endpoints:
 
   401 missing or wrong key          404 unknown endpoint or deployment, or no live traffic
   400 malformed JSON or header      408 no answer within the request timeout (5 s default)
@@ -12,8 +12,12 @@ process per deployment (`worker.py`) and records each outcome as the deployment'
   502 run() raised or the worker died while scoring
   503 the deployment has no ready worker (provisioning, failed or restarting)
 
-Azure does not publish a request-size limit for managed endpoints (only a bandwidth quota);
-1.5 MiB keeps one request in memory cheap and is far above a tabular scoring payload. A worker
+408 and 404-without-traffic are what managed endpoints answer. When run() raises, a managed
+endpoint answers 424 and puts the model's 500 in `ms-azureml-model-error-statuscode`, while
+Kubernetes endpoints answer 502; 502 is used here so that a failing model counts as a server
+error (5xx) for the `error_rate` gate without a second status column. Azure publishes no
+request-size limit (only a bandwidth quota); 1.5 MiB keeps a request in memory cheap and is
+far above a tabular scoring payload. A worker
 that exits after it was ready is restarted, as Azure restarts a crashed container; more than
 MAX_RESTARTS exits within RESTART_WINDOW_S mark the deployment Failed.
 """
@@ -54,7 +58,7 @@ from engine.providers.local.store import (
     EndpointRecord,
     endpoint_from_json,
 )
-from engine.providers.local.worker import SCORE_PATH, TOKEN_HEADER
+from engine.providers.local.worker import SCORE_PATH, TOKEN_HEADER, error_body
 
 log = logging.getLogger("engine.providers.local.server")
 
@@ -219,6 +223,9 @@ class WorkerPool:
     async def _supervise(self, slot: WorkerSlot) -> None:
         try:
             await self._supervise_loop(slot)
+        except Exception as exc:  # a deployment left in Creating for ever is worse than Failed
+            log.exception("supervising deployment %s failed", slot.deployment)
+            await self._fail(slot, f"the local server lost track of the worker: {_describe(exc)}")
         finally:
             await _terminate(slot.process)
 
@@ -312,8 +319,10 @@ class WorkerPool:
         except OSError as exc:
             return f"could not start the worker in {slot.model_dir}: {exc.strerror or exc}"
         slot.process = process
-        process.stdin.write(slot.token.encode() + b"\n")
-        await process.stdin.drain()
+        # A worker that died at once has closed its stdin; its exit code tells the story below.
+        with contextlib.suppress(ConnectionError):
+            process.stdin.write(slot.token.encode() + b"\n")
+            await process.stdin.drain()
         try:
             line = await asyncio.wait_for(
                 process.stdout.readline(), self.settings.startup_timeout_s
@@ -332,6 +341,10 @@ class WorkerPool:
         return f"the worker exited with code {code} before it was ready" + (
             f": {last}" if last else ""
         )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _parse_announcement(line: bytes) -> dict[str, Any]:
@@ -387,10 +400,8 @@ def cpu_percent(ticks: int, seconds: float, cpus: int, hz: int) -> float:
 # ---- the server ------------------------------------------------------------------------------
 
 
-def _reply(status: int, message: str, deployment: str | None = None) -> web.Response:
-    headers = {DEPLOYMENT_HEADER: deployment} if deployment else None
-    body = json.dumps({"error": message}).encode()
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+def _reply(status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=error_body(message), content_type="application/json")
 
 
 class LocalServer:
@@ -620,10 +631,10 @@ class LocalServer:
                 f"deployment {deployment} of endpoint {route.name} is not ready: state {state}, "
                 f"{self.pool.describe(route.name, deployment)}"
             )
-            return 503, json.dumps({"error": message}).encode()
+            return 503, error_body(message)
         if slot.pending >= self.settings.max_pending:
             message = f"deployment {deployment} has {slot.pending} requests queued; try again later"
-            return 429, json.dumps({"error": message}).encode()
+            return 429, error_body(message)
         remaining = self.settings.request_timeout_s - (time.monotonic() - started)
         slot.pending += 1
         try:
@@ -639,13 +650,13 @@ class LocalServer:
                 f"deployment {deployment} did not answer within "
                 f"{self.settings.request_timeout_s:g} s (request_timeout_ms)"
             )
-            return 408, json.dumps({"error": message}).encode()
+            return 408, error_body(message)
         except aiohttp.ClientConnectorError:
             message = f"deployment {deployment} is not ready: its worker is not accepting requests"
-            return 503, json.dumps({"error": message}).encode()
+            return 503, error_body(message)
         except aiohttp.ClientError:
             message = f"the worker of deployment {deployment} exited while scoring"
-            return 502, json.dumps({"error": message}).encode()
+            return 502, error_body(message)
         finally:
             slot.pending -= 1
 

@@ -81,20 +81,20 @@ def score_once(module: ModuleType, body: bytes) -> tuple[int, bytes]:
     try:
         raw = body.decode("utf-8")
     except UnicodeDecodeError:
-        return 400, _error("the request body is not UTF-8 text")
+        return 400, error_body("the request body is not UTF-8 text")
     try:
         result = module.run(raw)
     except Exception as exc:
         # Only the exception type: its message may quote the request, which is personal data.
         print(f"run() raised {type(exc).__name__}", file=sys.stderr, flush=True)
-        return 502, _error(f"run() raised {type(exc).__name__}")
+        return 502, error_body(f"run() raised {type(exc).__name__}")
     try:
         return 200, json.dumps(result).encode()
     except (TypeError, ValueError):
-        return 502, _error(f"run() returned a {type(result).__name__}, which is not JSON")
+        return 502, error_body(f"run() returned a {type(result).__name__}, which is not JSON")
 
 
-def _error(message: str) -> bytes:
+def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
@@ -108,7 +108,7 @@ def make_app(module: ModuleType, token: str) -> web.Application:
         given = request.headers.get(TOKEN_HEADER, "").encode()
         if not hmac.compare_digest(given, expected):
             return web.Response(
-                status=401, body=_error("unauthorised"), content_type="application/json"
+                status=401, body=error_body("unauthorised"), content_type="application/json"
             )
         body = await request.read()
         loop = asyncio.get_running_loop()
