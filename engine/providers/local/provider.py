@@ -40,6 +40,7 @@ from engine.providers.local.server import (
 )
 from engine.providers.local.source import LocalSource
 from engine.providers.local.store import (
+    CODE_BAD_TAGS,
     CODE_INVALID_NAME,
     CODE_NOT_FOUND,
     ControlPlane,
@@ -107,7 +108,7 @@ class LocalProvider:
                 f"{STATE_TAG_PREFIX!r} (got {', '.join(foreign)}); nothing was written",
                 endpoint=endpoint,
                 operation="update endpoint",
-                code="InvalidTags",
+                code=CODE_BAD_TAGS,
             )
         record = self.control.update_endpoint(
             endpoint,
