@@ -841,7 +841,7 @@ def _hint(error: dict[str, Any], loc: Loc, spot: Spot, text: FieldText | None) -
     if kind == "duration":
         return _duration_hint(given)
     if kind == "word":
-        return _word_hint(given, error)
+        return _word_hint(loc, given, error)
     if kind in ("whole", "number"):
         return _number_hint(given, kind, error)
     if kind == "bool":
@@ -932,12 +932,14 @@ def _duration_hint(given: Any) -> str:
     return f"write {to_manifest_form(timedelta(seconds=seconds))}"
 
 
-def _word_hint(given: Any, error: dict[str, Any]) -> str | None:
+def _word_hint(loc: Loc, given: Any, error: dict[str, Any]) -> str | None:
     expected = _expected_words(error)
     if isinstance(given, str) and expected:
         close = difflib.get_close_matches(given.lower(), expected, n=1, cutoff=0.5)
         if close:
             return f"did you mean {close[0]}?"
+    if len(expected) == 1:
+        return f"write {loc[-1]}: {expected[0]}"
     return None
 
 

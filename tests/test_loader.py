@@ -469,6 +469,13 @@ def test_a_yes_no_word_for_a_boolean_says_to_write_true_or_false():
     ]
 
 
+def test_a_boolean_for_a_fixed_word_says_which_word():
+    assert problems(variant(("    - approval: manual", "    - approval: true"))) == [
+        "m.yaml:17:7: spec.steps[2].approval: approval expects manual (got true); "
+        "write approval: manual",
+    ]
+
+
 def test_kind_is_exact():
     assert problems(variant(("kind: ModelRollout", "kind: modelrollout"))) == [
         "m.yaml:2:1: kind: kind is ModelRollout (got modelrollout); did you mean ModelRollout?",
