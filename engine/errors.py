@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 
 class SafeRolloutError(Exception):
-    """Root of every error the engine raises on purpose; the CLI prints these without a traceback."""
+    """Root of the errors the engine raises on purpose; the CLI prints them without a traceback."""
 
     exit_code = 1
 
