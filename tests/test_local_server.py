@@ -30,7 +30,7 @@ from engine.providers.local.server import (
     pick_deployment,
 )
 from engine.providers.local.source import LocalSource
-from engine.providers.local.store import ControlPlane
+from engine.providers.local.store import ControlPlane, DeploymentRecord, new_uid
 from engine.providers.local.testing import (
     deploy,
     make_toy_model,
@@ -504,3 +504,42 @@ def test_an_unexpected_error_in_the_server_is_a_502_never_a_500(tmp_path, monkey
     status, body = asyncio.run(_serving(tmp_path, ServerSettings(), call))
     assert status == 502
     assert "server.log" in body["error"]
+
+
+def test_requests_beyond_the_queue_limit_are_told_to_come_back_with_429(tmp_path):
+    model = make_toy_model(tmp_path, tmp_path / "models", "busy", sleep_s=0.3)
+    provider = LocalProvider(tmp_path)  # control plane only: the server below runs in-process
+    provider.create_endpoint("busy")
+    provider.control.add_deployment(
+        "busy",
+        DeploymentRecord("busy-a", "busy", model.version, str(model.model_dir), new_uid()),
+    )
+    revision = provider.read_endpoint("busy").revision
+    provider.control.update_endpoint(
+        "busy",
+        traffic={"busy-a": 100},
+        mirror={},
+        tags={},
+        tag_prefix="saferollout.",
+        expected_revision=revision,
+    )
+    key = provider.endpoint_key("busy")
+
+    async def flood(port: int) -> Counter:
+        while provider.read_endpoint("busy").deployments["busy-a"].state != "Succeeded":
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> int:
+                async with session.post(
+                    f"http://127.0.0.1:{port}/endpoints/busy/score",
+                    data=BODY,
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as response:
+                    return response.status
+
+            return Counter(await asyncio.gather(*(one() for _ in range(6))))
+
+    settings = ServerSettings(max_pending=2)
+    statuses = asyncio.run(_serving(tmp_path, settings, flood))
+    assert statuses == {200: 2, 429: 4}
