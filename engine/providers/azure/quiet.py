@@ -9,12 +9,12 @@ threads stay muted for as long as they live. The SDK's loggers are held at WARNI
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 log = logging.getLogger("engine.providers.azure")
 
@@ -22,10 +22,12 @@ _SDK_LOGGER_PREFIX = "azure.ai.ml"
 _lock = threading.Lock()
 
 
-class _MutedThreadsStdout(io.TextIOBase):
-    """Stands in for sys.stdout: passes writes through, except from muted threads."""
+class _MutedThreadsStdout:
+    """Stands in for sys.stdout: passes writes through, except from muted threads. Not an
+    io.TextIOBase subclass, whose own `encoding`, `fileno` and `isatty` would hide the real
+    stream's: everything but `write` and `flush` is the real stream's."""
 
-    def __init__(self, target: io.TextIOBase):
+    def __init__(self, target: TextIO):
         self.target = target
         self.muted: set[threading.Thread] = set()
         self.known: set[threading.Thread] = set()  # threads that existed before the open calls
