@@ -99,7 +99,8 @@ def test_elsewhere_the_default_azure_credential_is_used() -> None:
 def test_importing_the_azure_modules_imports_no_azure_package() -> None:
     # Commands on local manifests import the engine; azure-ai-ml alone costs about a second.
     code = (
-        "import sys, engine.providers.azure, engine.sources.azure_metrics, "
+        "import sys, engine.providers.azure, engine.providers.azureml, "
+        "engine.sources.azure_metrics, "
         "engine.sources.azure_logs, engine.azure_auth; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'azure'))"
     )
