@@ -224,6 +224,41 @@ def test_one_request_at_a_time_per_deployment_and_the_rest_queue(server, models)
     assert elapsed >= 10 * 0.05 * 0.95, "ten 50 ms requests cannot finish sooner one at a time"
 
 
+def test_a_deployment_with_a_long_queue_does_not_hold_up_the_others(server, models):
+    deploy(
+        server,
+        "crowd",
+        {"crowd-slow": models("crowd", sleep_s=0.3), "crowd-fast": models("crowd")},
+        {"crowd-fast": 100},
+    )
+    host, port = server._require_server("crowd", "test")
+    url = f"http://{host}:{port}/endpoints/crowd/score"
+    key = server.endpoint_key("crowd")
+
+    async def scenario() -> list[tuple[int, float]]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def call(deployment: str | None, delay: float) -> tuple[int, float]:
+                await asyncio.sleep(delay)
+                headers = {"Authorization": f"Bearer {key}"}
+                if deployment:
+                    headers["azureml-model-deployment"] = deployment
+                started = time.monotonic()
+                async with session.post(url, data=BODY, headers=headers) as response:
+                    await response.read()
+                    return response.status, time.monotonic() - started
+
+            crowd = [call("crowd-slow", 0) for _ in range(120)]
+            fast = [call(None, 0.1) for _ in range(5)]
+            return (await asyncio.gather(*crowd, *fast))[-5:]
+
+    fast = asyncio.run(scenario())
+
+    assert [status for status, _ in fast] == [200] * 5
+    assert max(seconds for _, seconds in fast) < 0.5, fast
+
+
 # ---- what the server refuses -----------------------------------------------------------------
 
 

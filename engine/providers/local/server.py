@@ -434,7 +434,11 @@ class LocalServer:
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        # No pool-wide connection limit: a slow deployment holding connections must not make
+        # requests to the others wait. `max_pending` bounds each deployment instead.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+        )
         await self.refresh()
         for loop_body, interval in (
             (self.refresh, self.settings.poll_interval_s),
