@@ -128,6 +128,7 @@ class FakeAzure:
         self.faults: list[Fault] = []
         self.failing_deployments: dict[str, tuple[str, str]] = {}
         self.scoring: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.scoring_default: tuple[int, bytes] = (200, b"[0.12]")  # any deployment not in scoring
         self.metrics: dict[tuple[str, str], list[dict]] = {}
         self.log_answer: Callable[[str, str], Response] | None = None
         # Runs when an endpoint write completes: lets a test play a concurrent writer.
@@ -560,7 +561,7 @@ class FakeAzure:
         deployment = raw_headers.get("azureml-model-deployment", "").lower()
         if deployment not in self.deployments[endpoint]:
             return Response(404, {"message": f"deployment {deployment} not found"})
-        status, content = self.scoring.get((endpoint, deployment), (200, b"[0.12]"))
+        status, content = self.scoring.get((endpoint, deployment), self.scoring_default)
         return Response(status, content, {"Content-Type": "application/json"})
 
     # -- dispatch ---------------------------------------------------------------------------
