@@ -237,7 +237,7 @@ def _operator(target: str, kind: str, full: bool = False) -> None:
     from engine.decide import Command
 
     loaded = _load(target)
-    reconciler = _open(loaded, announce=True)
+    reconciler = _open(loaded)
     reconciler.on_event = lambda message: say(f"- {message}")
     result = reconciler.apply(Command(kind=kind, who=_who(), full=full))  # type: ignore[arg-type]
     if result.final is not None:
@@ -269,6 +269,30 @@ def retry(target: Target) -> None:
 def undo(target: Target) -> None:
     """After a promotion, put all traffic back on the previous deployment."""
     _operator(target, "undo")
+
+
+@app.command()
+def unlock(target: Target) -> None:
+    """Break the endpoint's lease when the run holding it is gone, and record who did."""
+    from dataclasses import replace
+
+    from engine.live import EndpointWrite
+    from engine.state import decode, encode, format_time
+
+    loaded = _load(target)
+    reconciler = _open(loaded)
+    live = reconciler.read()
+    state = decode(live.tags)
+    if state.lease is None:
+        say(f"{reconciler.endpoint} is not locked; nothing to do")
+        return
+    now = reconciler.clock.now()
+    note = f"unlock by {_who()} at {format_time(now)} (lease of {state.lease.holder})"
+    write = EndpointWrite(
+        live.live_traffic(), live.live_mirror(), encode(replace(state, lease=None, override=note))
+    )
+    reconciler.provider.update_endpoint(reconciler.endpoint, write, expected_revision=live.revision)
+    say(f"{reconciler.endpoint}: broke the lease held by {state.lease.holder}")
 
 
 @app.command()

@@ -121,6 +121,31 @@ def candidate_exposure(steps: list[Step], index: int) -> tuple[int, bool]:
     return 0, False
 
 
+def manifest_warnings(rollout: ModelRollout) -> list[str]:
+    """Things a valid manifest says that will surprise its author; `plan` prints them."""
+    spec = rollout.spec
+    warnings = []
+    for index, step in enumerate(spec.steps):
+        if candidate_exposure(spec.steps, index)[0] == 0 and spec.gates:
+            warnings.append(
+                f"steps[{index}] ({step_label(step)}) gives the candidate no traffic: its gates "
+                "can see no data there"
+            )
+    if not spec.gates:
+        warnings.append("there are no gates: steps advance on bake time alone")
+    elif all(g.dry_run for g in spec.gates):
+        warnings.append("every gate is a dry run: nothing can stop this rollout")
+    resource = {"cpu_utilization", "memory_utilization"}
+    if spec.analysis_source == "azure-logs":
+        for index, gate in enumerate(spec.gates):
+            if gate.metric.value in resource:
+                warnings.append(
+                    f"gates[{index}] ({gate.name}) measures {gate.metric.value}, which the "
+                    "azure-logs source does not record: it will stay inconclusive"
+                )
+    return warnings
+
+
 def gate_window_start(state: RolloutState, warmup: timedelta) -> datetime | None:
     if state.step_started is None:
         return None

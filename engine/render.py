@@ -11,9 +11,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from engine.decide import Desired, step_label, step_targets
+from engine.decide import Desired, manifest_warnings, step_label
 from engine.durations import format_duration
-from engine.gates import GateResult, format_value
+from engine.gates import GateResult
 from engine.live import LiveEndpoint
 from engine.plan import Action, ActionKind, Outcome, Plan
 from engine.state import RolloutState, decode, format_time
@@ -96,6 +96,8 @@ def render_plan(plans: list[Plan], desired: Desired, *, source: str = "") -> str
         f"as deployment {desired.name}"
     )
     lines = [header, ""]
+    for warning in manifest_warnings(desired.rollout):
+        lines.append(f"  warning: {warning}")
     actions = [a for p in plans for a in p.actions]
     for plan in plans:
         for note in plan.notes:
@@ -118,7 +120,7 @@ def render_plan(plans: list[Plan], desired: Desired, *, source: str = "") -> str
             f"Plan: {counts[ActionKind.CREATE_ENDPOINT] + counts[ActionKind.CREATE_DEPLOYMENT]} "
             f"to create, {counts[ActionKind.SMOKE_TEST]} to test, "
             f"{counts[ActionKind.UPDATE_ENDPOINT]} to update, "
-            f"{counts[ActionKind.DELETE_DEPLOYMENT]} to delete. Then: {final.summary}"
+            f"{counts[ActionKind.DELETE_DEPLOYMENT]} to delete. Afterwards: {final.summary}"
         )
     else:
         lines.append(f"No changes. {final.summary}")
@@ -179,6 +181,7 @@ def plan_json(plans: list[Plan], desired: Desired) -> str:
         "actions": [action_json(a) for p in plans for a in p.actions],
         "gates": [gate_json(g) for g in next((p.gates for p in plans if p.gates), ())],
         "notes": [n for p in plans for n in p.notes],
+        "warnings": manifest_warnings(desired.rollout),
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -304,6 +307,3 @@ def render_history(data: dict[str, Any]) -> str:
 
 def outcome_exit_code(outcome: Outcome) -> int:
     return 3 if outcome in (Outcome.ROLLED_BACK, Outcome.FAILED) else 0
-
-
-__all__ = ["format_value", "step_targets"]
