@@ -180,3 +180,8 @@ def test_a_million_requests_are_measured_in_well_under_a_second(tmp_path):
     assert seen.server_errors == count // 100
     # The design target is 100 ms; the bound leaves room for a busy shared machine.
     assert min(timings) < 0.5, f"measuring took {min(timings):.3f} s"
+
+
+def test_names_that_are_not_resource_names_never_become_paths(tmp_path):
+    with pytest.raises(SourceError, match="not an endpoint/deployment name"):
+        LocalSource(tmp_path).measure("..", "churn-8", _window(0, 9), mirrored=False)

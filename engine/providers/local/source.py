@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import SourceError
+from engine.names import is_valid_name
 from engine.providers.base import Measurement, Window
 from engine.providers.local.requestlog import LogFormatError, read_requests, read_usage
 
@@ -56,6 +57,9 @@ class LocalSource:
     def measure(
         self, endpoint: str, deployment: str, window: Window, *, mirrored: bool
     ) -> Measurement:
+        if not (is_valid_name(endpoint) and is_valid_name(deployment)):
+            # Names become file paths below; anything else could point outside the log.
+            raise SourceError(f"{endpoint}/{deployment} is not an endpoint/deployment name")
         start, end = _epoch(window.start), _epoch(window.end)
         try:
             records = read_requests(self.home, endpoint, deployment, start, end)
