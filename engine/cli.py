@@ -170,7 +170,7 @@ def apply(
 
 def _run_passes(reconciler, *, wait: bool, interval: float) -> int:
     from engine.plan import Outcome
-    from engine.render import render_gates
+    from engine.render import progress_line, render_gates
 
     settled = {
         Outcome.CONVERGED,
@@ -182,7 +182,10 @@ def _run_passes(reconciler, *, wait: bool, interval: float) -> int:
     while True:
         result = reconciler.apply()
         final = result.final
-        if final is not None:
+        if final is not None and wait and final.outcome is Outcome.WAITING:
+            # One compact line per pass while following a rollout: step, bake left, gates.
+            say(progress_line(final, reconciler.clock.now()))
+        elif final is not None:
             for line in render_gates(final.gates):
                 say(line)
             say(f"{reconciler.endpoint}: {final.summary}")

@@ -88,6 +88,16 @@ def render_gates(gates: tuple[GateResult, ...] | list[GateResult]) -> list[str]:
     return lines
 
 
+def progress_line(plan: Plan, now: datetime) -> str:
+    """`10:42:31 step 2/4 (traffic 10%): baking, 12s left | errs passed 0.002 (85 req)`."""
+    gates = []
+    for result in plan.gates:
+        value = "" if result.value is None else f" {result.value:.4g}"
+        gates.append(f"{result.gate} {result.verdict.value}{value} ({result.requests} req)")
+    figures = f" | {'; '.join(gates)}" if gates else ""
+    return f"{now:%H:%M:%S} {plan.summary}{figures}"
+
+
 def render_plan(plans: list[Plan], desired: Desired, *, source: str = "") -> str:
     spec = desired.rollout.spec
     header = (
