@@ -35,7 +35,6 @@ from engine.providers.local.testing import (
     deploy,
     make_toy_model,
     process_running,
-    score,
     wait_until,
 )
 
@@ -66,7 +65,7 @@ def models(server, tmp_path_factory):
 def burst(provider, endpoint, count, *, deployment=None, body=BODY, threads=8):
     with ThreadPoolExecutor(threads) as pool:
         return list(
-            pool.map(lambda _: score(provider, endpoint, body, deployment=deployment), range(count))
+            pool.map(lambda _: provider.score(endpoint, body, deployment=deployment), range(count))
         )
 
 
@@ -92,7 +91,7 @@ def logged(provider, endpoint, deployment, expected, *, mirrored=False):
 
 
 def raw_post(provider, endpoint, body, headers):
-    host, port = provider._require_server(endpoint, "test")
+    host, port = provider.server_address()
     connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request("POST", f"/endpoints/{endpoint}/score", body=body, headers=headers)
@@ -231,7 +230,7 @@ def test_a_deployment_with_a_long_queue_does_not_hold_up_the_others(server, mode
         {"crowd-slow": models("crowd", sleep_s=0.3), "crowd-fast": models("crowd")},
         {"crowd-fast": 100},
     )
-    host, port = server._require_server("crowd", "test")
+    host, port = server.server_address()
     url = f"http://{host}:{port}/endpoints/crowd/score"
     key = server.endpoint_key("crowd")
 
@@ -285,7 +284,7 @@ def test_malformed_json_is_a_bad_request(server, guarded):
 
 @pytest.mark.parametrize("value", ["bad name!", "x" * 40, "guarded-a;rm", "-lead"])
 def test_a_garbage_deployment_header_is_a_bad_request(server, guarded, value):
-    assert score(server, guarded, BODY, deployment=None).status == 200
+    assert server.score(guarded, BODY, deployment=None).status == 200
     headers = {
         "Authorization": f"Bearer {server.endpoint_key(guarded)}",
         "azureml-model-deployment": value,
@@ -294,7 +293,7 @@ def test_a_garbage_deployment_header_is_a_bad_request(server, guarded, value):
 
 
 def test_an_unknown_deployment_or_endpoint_is_not_found(server, guarded):
-    assert score(server, guarded, BODY, deployment="guarded-zz").status == 404
+    assert server.score(guarded, BODY, deployment="guarded-zz").status == 404
     headers = {"Authorization": f"Bearer {server.endpoint_key(guarded)}"}
     status, body = raw_post(server, "no-such-endpoint", BODY, headers)
     assert status == 404 and "no-such-endpoint" in body["error"]
@@ -302,17 +301,17 @@ def test_an_unknown_deployment_or_endpoint_is_not_found(server, guarded):
 
 def test_an_oversized_body_is_refused(server, guarded):
     body = json.dumps({"data": "x" * (1536 * 1024)}).encode()
-    result = score(server, guarded, body)
+    result = server.score(guarded, body)
     assert result.status == 413
     assert "limit" in json.loads(result.body)["error"]
 
 
 def test_an_endpoint_without_live_traffic_says_so(server, models):
     deploy(server, "idle", {"idle-a": models("idle")}, {})
-    result = score(server, "idle", BODY)
+    result = server.score("idle", BODY)
     assert result.status == 404
     assert "no deployment with live traffic" in json.loads(result.body)["error"]
-    assert score(server, "idle", BODY, deployment="idle-a").status == 200
+    assert server.score("idle", BODY, deployment="idle-a").status == 200
 
 
 # ---- models that misbehave -------------------------------------------------------------------
@@ -332,7 +331,7 @@ def test_run_raising_is_a_502_counted_as_a_server_error(server, models):
 def test_a_request_over_the_timeout_is_answered_408(server, models):
     deploy(server, "slow", {"slow-a": models("slow", sleep_s=1.5)}, {"slow-a": 100})
 
-    result = score(server, "slow", BODY)
+    result = server.score("slow", BODY)
 
     assert result.status == 408
     assert 900 <= result.latency_ms < 1450
@@ -354,7 +353,7 @@ def test_a_model_whose_init_fails_is_failed_and_the_others_keep_serving(server, 
     write = EndpointWrite(traffic={"mixed-a": 100}, mirror={}, tags={})
     server.update_endpoint("mixed", write, expected_revision=live.revision)
     assert {r.status for r in burst(server, "mixed", 10)} == {200}
-    assert score(server, "mixed", BODY, deployment="mixed-b").status == 503
+    assert server.score("mixed", BODY, deployment="mixed-b").status == 503
 
 
 def test_a_tampered_artifact_is_refused_before_the_model_is_loaded(server, models):
@@ -374,7 +373,7 @@ def test_a_worker_that_dies_while_scoring_gives_502_and_is_restarted(server, mod
     deploy(server, "crash", {"crash-a": models("crash", exit_in_run=True)}, {"crash-a": 100})
     first_pid = server.server_state()["workers"]["crash/crash-a"]["pid"]
 
-    assert score(server, "crash", BODY).status == 502
+    assert server.score("crash", BODY).status == 502
 
     def restarted():
         worker = server.server_state()["workers"]["crash/crash-a"]
@@ -417,7 +416,7 @@ def test_worker_cpu_and_memory_are_sampled_for_the_gates(server, models):
 
 
 def test_the_endpoint_key_never_reaches_a_log_or_the_state(server, guarded):
-    score(server, guarded, BODY)
+    server.score(guarded, BODY)
     raw_post(server, guarded, BODY, {"Authorization": "Bearer wrong"})
     time.sleep(0.5)  # one flush interval and more
     key = server.endpoint_key(guarded).encode()

@@ -196,9 +196,15 @@ class LocalProvider:
                 code=CODE_INVALID_NAME,
             )
         self.ensure_server()
-        key = self.endpoint_key(endpoint)
-        host, port = self._require_server(endpoint, "invoke")
-        return post_score(host, port, endpoint, key, body, deployment=deployment)
+        return self.score(endpoint, body, deployment=deployment)
+
+    def score(self, endpoint: str, body: bytes, *, deployment: str | None = None) -> InvokeResult:
+        """One request to the endpoint's scoring URL, as its clients send them: split by
+        traffic and mirrored, or, naming a deployment, sent there alone."""
+        host, port = self.server_address()
+        return post_score(
+            host, port, endpoint, self.endpoint_key(endpoint), body, deployment=deployment
+        )
 
     def gate_source(self, source: str, workspace_id: str | None) -> LocalSource:
         if source != LocalSource.name:
@@ -268,7 +274,7 @@ class LocalProvider:
 
     def server_state(self) -> dict[str, Any]:
         """The running server's view: applied revisions, workers and counters."""
-        host, port = self._require_server("", "read server state")
+        host, port = self.server_address()
         status, body = _request(host, port, "GET", "/_state", timeout=5.0)
         if status != 200:
             raise TransientError(
@@ -291,14 +297,14 @@ class LocalProvider:
             return None
         return info["host"], info["port"]
 
-    def _require_server(self, endpoint: str, operation: str) -> tuple[str, int]:
+    def server_address(self) -> tuple[str, int]:
+        """(host, port) of the server running for this home; TransientError when none runs."""
         server = self._server_address()
         if server is None:
             raise TransientError(
-                f"{operation}: the local server for {self.home} is not running",
+                f"the local server for {self.home} is not running; start it with `rollout serve`",
                 retry_after=1.0,
-                endpoint=endpoint,
-                operation=operation,
+                operation="find server",
             )
         return server
 

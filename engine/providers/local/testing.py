@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from engine.home import HOME_ENV
-from engine.live import DeploymentRequest, EndpointWrite, InvokeResult, LiveEndpoint
-from engine.providers.local.provider import LocalProvider, post_score
+from engine.live import DeploymentRequest, EndpointWrite, LiveEndpoint
+from engine.providers.local.provider import LocalProvider
 from engine.registry import register, versions
 
 # One scoring script for every toy version; the registered artifact decides how it behaves,
@@ -102,16 +102,6 @@ def make_toy_model(
     artifact.write_text(json.dumps({**config, "version": version}))
     model = register(home, name, artifact, description="toy model for tests")
     return ToyModel(name, model.version, model_dir, model.artifact_path)
-
-
-def score(
-    provider: LocalProvider, endpoint: str, body: bytes, *, deployment: str | None = None
-) -> InvokeResult:
-    """One request to the endpoint's scoring URL, as a client would send it."""
-    host, port = provider._require_server(endpoint, "score")
-    return post_score(
-        host, port, endpoint, provider.endpoint_key(endpoint), body, deployment=deployment
-    )
 
 
 def deploy(
