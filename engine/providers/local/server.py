@@ -58,7 +58,7 @@ from engine.providers.local.store import (
     EndpointRecord,
     endpoint_from_json,
 )
-from engine.providers.local.worker import SCORE_PATH, TOKEN_HEADER, error_body
+from engine.providers.local.worker import SCORE_PATH, TOKEN_HEADER, describe_error, error_body
 
 log = logging.getLogger("engine.providers.local.server")
 
@@ -225,7 +225,9 @@ class WorkerPool:
             await self._supervise_loop(slot)
         except Exception as exc:  # a deployment left in Creating for ever is worse than Failed
             log.exception("supervising deployment %s failed", slot.deployment)
-            await self._fail(slot, f"the local server lost track of the worker: {_describe(exc)}")
+            await self._fail(
+                slot, f"the local server lost track of the worker: {describe_error(exc)}"
+            )
         finally:
             await _terminate(slot.process)
 
@@ -341,10 +343,6 @@ class WorkerPool:
         return f"the worker exited with code {code} before it was ready" + (
             f": {last}" if last else ""
         )
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _parse_announcement(line: bytes) -> dict[str, Any]:

@@ -40,9 +40,9 @@ class StartupError(Exception):
     """The deployment cannot serve: the reason is reported to the server verbatim."""
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text[:300]
+def describe_error(exc: BaseException) -> str:
+    """`Type: first line of the message`, short enough for a deployment's error field."""
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -65,14 +65,14 @@ def load_model(home: Path, model_name: str, version: str, model_dir: Path) -> Mo
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:  # a broken script must fail the deployment, not the server
-        raise StartupError(f"importing {script.name} raised {_describe(exc)}") from None
+        raise StartupError(f"importing {script.name} raised {describe_error(exc)}") from None
     for name in ("init", "run"):
         if not callable(getattr(module, name, None)):
             raise StartupError(f"{script.name} defines no {name}() function")
     try:
         module.init()
     except BaseException as exc:
-        raise StartupError(f"init() raised {_describe(exc)}") from None
+        raise StartupError(f"init() raised {describe_error(exc)}") from None
     return module
 
 
