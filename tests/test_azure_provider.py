@@ -244,6 +244,17 @@ def test_engine_tags_too_long_for_azure_are_refused_before_writing(
     assert endpoint_puts(two_deployments) == []
 
 
+def test_a_write_that_would_exceed_azures_fifty_tags_is_refused(two_deployments: FakeAzure) -> None:
+    provider = provider_for(two_deployments)
+    live = provider.read_endpoint(EP)
+    tags = {f"saferollout.t{n}": "x" for n in range(49)}
+    with pytest.raises(PermanentError, match="51 tags, Azure keeps 50"):
+        provider.update_endpoint(
+            EP, EndpointWrite({"blue": 100}, {}, tags), expected_revision=live.revision
+        )
+    assert endpoint_puts(two_deployments) == []
+
+
 # -- deployments -----------------------------------------------------------------------------------
 
 

@@ -281,6 +281,14 @@ class AzureMLProvider:
                 if not str(k).startswith(STATE_TAG_PREFIX)
             }
             shapes.apply_write(fresh, write)
+            if len(fresh.tags) > shapes.MAX_TAGS:
+                raise PermanentError(
+                    f"{operation} on endpoint {endpoint} refused: {len(fresh.tags)} tags, Azure "
+                    f"keeps {shapes.MAX_TAGS} ({len(others)} of them not the engine's)",
+                    endpoint=endpoint,
+                    operation=operation,
+                    code="TooManyTags",
+                )
             poller = self.client.online_endpoints.begin_create_or_update(fresh)
         self._wait(poller, endpoint=endpoint, operation=operation)
         return self._verify(endpoint, write, others)
