@@ -526,3 +526,12 @@ def test_from_target_builds_a_provider_that_talks_only_to_the_given_transport(
 def test_an_unknown_gate_source_is_refused(fake_azure: FakeAzure) -> None:
     with pytest.raises(PermanentError, match="use azure-metrics or azure-logs"):
         provider_for(fake_azure).gate_source("local", None)
+
+
+def test_the_offline_guard_refuses_the_cloud_metadata_address_and_public_names() -> None:
+    import socket
+
+    with pytest.raises(OSError, match="only loopback"):
+        socket.create_connection(("169.254.169.254", 80), timeout=1)
+    with pytest.raises(OSError, match="only loopback"):
+        socket.getaddrinfo("management.azure.com", 443)
