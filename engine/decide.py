@@ -728,6 +728,7 @@ def _fail(
 
 def _found_rolled_back(desired: Desired, state: RolloutState) -> Plan:
     why = state.decision.partition(": ")[2] or "an earlier pass rolled it back"
+    why = why.removeprefix(f"roll back {desired.name}: ")
     return _plan(
         desired,
         Outcome.FOUND_ROLLED_BACK,

@@ -47,7 +47,7 @@ from engine.names import derive_deployment_name
 from engine.plan import Action, ActionKind, Outcome, PassResult, Plan
 from engine.providers.base import STATE_TAG_PREFIX, Measurement, Provider, Window
 from engine.spec import Metric
-from engine.state import Lease, RolloutState, decode, encode, format_time
+from engine.state import Lease, Phase, RolloutState, decode, encode, format_time
 
 if TYPE_CHECKING:
     from engine.loader import LoadedManifest
@@ -116,6 +116,8 @@ def measure_gates(
     state = decode(live.tags)
     if state.candidate != desired.name or state.step is None or state.step_started is None:
         return Observations()
+    if state.phase in (Phase.ROLLED_BACK, Phase.FAILED, Phase.SUCCEEDED):
+        return Observations()  # nothing is being judged any more
     if desired.name not in live.deployments:
         return Observations()
     index = min(state.step, len(spec.steps) - 1)

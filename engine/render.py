@@ -16,7 +16,7 @@ from engine.durations import format_duration
 from engine.gates import GateResult
 from engine.live import LiveEndpoint
 from engine.plan import Action, ActionKind, Outcome, Plan
-from engine.state import RolloutState, decode, format_time
+from engine.state import RolloutState, decode, iso_time
 
 JSON_VERSION = 1
 SYMBOLS = {
@@ -210,7 +210,7 @@ def status_data(desired: Desired, live: LiveEndpoint, plan: Plan, now: datetime)
         current = {
             "index": index,
             "label": step_label(step),
-            "started": state.step_started and format_time(state.step_started),
+            "started": state.step_started and iso_time(state.step_started),
             "bake_left_s": plan.wait_seconds,
         }
     return {
@@ -233,7 +233,7 @@ def status_data(desired: Desired, live: LiveEndpoint, plan: Plan, now: datetime)
         "override": state.override or None,
         "rolled_back": list(state.rolled_back),
         "lease": (
-            {"holder": state.lease.holder, "until": format_time(state.lease.until)}
+            {"holder": state.lease.holder, "until": iso_time(state.lease.until)}
             if state.lease and state.lease.until > now
             else None
         ),
@@ -241,7 +241,7 @@ def status_data(desired: Desired, live: LiveEndpoint, plan: Plan, now: datetime)
             {
                 "index": r.index,
                 "label": step_label(steps[r.index]) if r.index < len(steps) else "?",
-                "started": format_time(r.started),
+                "started": iso_time(r.started),
                 "verdict": r.verdict,
                 "requests": r.requests,
                 "error_rate": r.error_rate,

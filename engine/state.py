@@ -83,6 +83,11 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime(TIME_FORMAT)
 
 
+def iso_time(value: datetime) -> str:
+    """ISO 8601 in UTC, for JSON and for people: `2026-12-04T15:59:33Z`."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_time(text: str) -> datetime | None:
     try:
         return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
