@@ -3,8 +3,8 @@
 Enabled for the whole suite by `pytest_plugins = ["engine.providers.local.testing"]` in
 tests/conftest.py. Fixtures: `local_home` (a fresh state directory, also set as
 SAFEROLLOUT_HOME), `toy_model` (registers a tiny model whose behaviour its artifact sets) and
-`local_server` (a LocalProvider whose server runs, stopped afterwards). Nothing here touches
-a network address other than loopback.
+`local_server` (a LocalProvider whose server runs). A server started in `local_home` by any
+means is stopped when the test ends. Nothing here touches an address other than loopback.
 """
 
 from __future__ import annotations
@@ -143,11 +143,13 @@ def process_running(pid: int) -> bool:
 
 
 @pytest.fixture
-def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def local_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "saferollout-home"
     home.mkdir()
     monkeypatch.setenv(HOME_ENV, str(home))
-    return home
+    yield home
+    # Whatever started a server in this home (the CLI, the demo, ensure_server), it ends here.
+    LocalProvider(home).stop_server()
 
 
 @pytest.fixture
