@@ -137,13 +137,23 @@ def plan(
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
     ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Save the plan for `apply --plan`.")
+    ] = None,
 ) -> None:
     """Show what `apply` would do now, without changing anything."""
+    from engine.decide import plan_pass
     from engine.render import plan_json, render_plan
 
     loaded = _load(target)
     reconciler = _open(loaded)
-    plans = reconciler.plan()
+    live = reconciler.read()
+    plans = plan_pass(reconciler.desired, live, reconciler.clock.now(), reconciler.observe(live))
+    if out is not None:
+        from engine.savedplan import save
+
+        save(out, loaded.path, reconciler.desired, live, plans)
+        say(f"saved the plan to {out}; apply it with `rollout apply --plan {out}`")
     if format is Format.json:
         sys.stdout.write(plan_json(plans, reconciler.desired))
     else:
@@ -154,14 +164,34 @@ def plan(
 
 @app.command()
 def apply(
-    target: Target,
+    target: Annotated[
+        str | None, typer.Argument(help="A manifest file or endpoint; not with --plan.")
+    ] = None,
+    saved: Annotated[
+        Path | None, typer.Option("--plan", help="Apply a plan saved by `plan --out`.")
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Repeat passes until the rollout ends.")
     ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between passes with --wait.")] = 5.0,
 ) -> None:
     """Run one reconcile pass (or, with --wait, passes until the rollout settles)."""
-    loaded = _load(target)
+    if (target is None) == (saved is None):
+        fail("give a manifest (or endpoint), or --plan FILE, but not both")
+    if saved is not None:
+        from engine.decide import plan_pass
+        from engine.savedplan import check_current, load
+
+        plan_file = load(saved)
+        loaded = _load(plan_file.manifest)
+        reconciler = _open(loaded)
+        live = reconciler.read()
+        now = reconciler.clock.now()
+        check_current(
+            plan_file, reconciler.desired, live, plan_pass(reconciler.desired, live, now,
+            reconciler.observe(live))
+        )  # fmt: skip
+    loaded = _load(target) if target is not None else loaded
     reconciler = _open(loaded, announce=True)
     reconciler.on_event = lambda message: say(f"- {message}")
     code = _run_passes(reconciler, wait=wait, interval=interval)
