@@ -31,6 +31,7 @@ EXIT_ROLLED_BACK = 3
 class Format(StrEnum):
     text = "text"
     json = "json"
+    markdown = "markdown"
 
 
 Target = Annotated[
@@ -39,9 +40,24 @@ Target = Annotated[
 FormatOption = Annotated[Format, typer.Option("--format", help="Output format.")]
 
 
+_github: bool | None = None  # `--github/--no-github`; None: decided by GITHUB_ACTIONS
+
+
 def say(message: str) -> None:
     """A message for the person at the terminal (stderr, never mixed with data)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def report_error(error: SafeRolloutError) -> None:
+    """The error as a message, and in GitHub Actions also as annotations on the manifest."""
+    from engine.annotations import error_annotations, is_github_actions
+
+    github = _github if _github is not None else is_github_actions(os.environ)
+    if github:
+        workspace = Path(os.environ.get("GITHUB_WORKSPACE") or Path.cwd())
+        for line in error_annotations(error, Path.cwd(), workspace):
+            print(line, file=sys.stderr, flush=True)
+    say(f"error: {error}")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -62,7 +78,16 @@ def _setup_logging(verbose: bool) -> None:
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+    github: Annotated[
+        bool | None,
+        typer.Option(
+            "--github/--no-github",
+            help="Report manifest problems as GitHub annotations (default: when GITHUB_ACTIONS).",
+        ),
+    ] = None,
 ) -> None:
+    global _github
+    _github = github
     _setup_logging(verbose)
 
 
@@ -120,11 +145,31 @@ def _who() -> str:
 @app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Manifest files or folders.")],
+    format: FormatOption = Format.text,
 ) -> None:
-    """Check manifests without contacting any provider."""
+    """Check manifests without contacting any provider (JSON: the list of them, for CI)."""
+    import json
+
     from engine.loader import load_paths
 
+    if format is Format.markdown:
+        fail("validate writes text or json")
     loaded = load_paths(paths)
+    if format is Format.json:
+        listed = [
+            {
+                "file": item.path.as_posix(),
+                "rollout": item.rollout.metadata.name,
+                "endpoint": item.rollout.spec.target.endpoint,
+                "provider": item.rollout.spec.target.provider,
+                "model": {
+                    "name": item.rollout.spec.model.name,
+                    "version": item.rollout.spec.model.version,
+                },
+            }
+            for item in loaded
+        ]
+        sys.stdout.write(json.dumps({"version": 1, "manifests": listed}, indent=2) + "\n")
     for item in loaded:
         say(f"ok: {item.path} ({item.rollout.spec.target.provider} endpoint "
             f"{item.rollout.spec.target.endpoint})")  # fmt: skip
@@ -156,6 +201,10 @@ def plan(
         say(f"saved the plan to {out}; apply it with `rollout apply --plan {out}`")
     if format is Format.json:
         sys.stdout.write(plan_json(plans, reconciler.desired))
+    elif format is Format.markdown:
+        from engine.markdown import render_plan_markdown
+
+        sys.stdout.write(render_plan_markdown(plans, reconciler.desired))
     else:
         sys.stdout.write(render_plan(plans, reconciler.desired))
     if detailed_exitcode and any(p.actions for p in plans):
@@ -243,12 +292,23 @@ def status(target: Target, format: FormatOption = Format.text) -> None:
     data = status_data(reconciler.desired, live, plans[0], now)
     if format is Format.json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif format is Format.markdown:
+        from engine.markdown import render_status_markdown
+
+        sys.stdout.write(render_status_markdown(data, reconciler.desired.rollout.spec.gates))
     else:
         sys.stdout.write(render_status(data))
 
 
 @app.command()
-def history(target: Target, format: FormatOption = Format.text) -> None:
+def history(
+    target: Target,
+    format: FormatOption = Format.text,
+    chart: Annotated[
+        Path | None,
+        typer.Option("--chart", help="Also draw each gate's value per step to this PNG file."),
+    ] = None,
+) -> None:
     """Show the steps of the current rollout with their verdicts and figures."""
     import json
 
@@ -260,10 +320,20 @@ def history(target: Target, format: FormatOption = Format.text) -> None:
     live = reconciler.read()
     now = reconciler.clock.now()
     data = status_data(reconciler.desired, live, plan_pass(reconciler.desired, live, now)[0], now)
+    gates = reconciler.desired.rollout.spec.gates
     if format is Format.json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif format is Format.markdown:
+        from engine.markdown import render_history_markdown
+
+        sys.stdout.write(render_history_markdown(data, gates))
     else:
         sys.stdout.write(render_history(data))
+    if chart is not None:
+        from engine.chart import draw_history_chart
+
+        drawn = draw_history_chart(data, gates, chart)
+        say(f"wrote {chart} ({drawn} gate{'s' if drawn != 1 else ''} drawn)")
 
 
 def _operator(target: str, kind: str, full: bool = False) -> None:
@@ -357,7 +427,7 @@ def main() -> None:
     try:
         app()
     except SafeRolloutError as error:
-        say(f"error: {error}")
+        report_error(error)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         say("interrupted")
