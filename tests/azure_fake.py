@@ -44,6 +44,9 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from engine.invariants import transition_violations
+from engine.live import LiveDeployment, LiveEndpoint, ProvisioningState
+
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 RESOURCE_GROUP = "ml-test"
 WORKSPACE = "ml-test-ws"
@@ -56,7 +59,6 @@ WS_PATH = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
     f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
 )
-_WS = re.escape(WS_PATH)
 
 
 class ServiceError(Exception):
@@ -96,6 +98,27 @@ class Operation:
     status: str = "InProgress"
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One per-minute value of a platform metric, as Azure Monitor stores it before answering."""
+
+    resource: str  # lower-cased resource id
+    metric: str  # lower-cased metric name
+    dimensions: tuple[tuple[str, str], ...]  # (lower-cased name, value)
+    minute: datetime
+    value: float
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How a deployment answers the simulated client traffic of `FakeAzure.serve`."""
+
+    error_rate: float = 0.0  # share of requests answered 5xx
+    latency_ms: tuple[float, float, float, float] = (30.0, 60.0, 75.0, 95.0)  # p50/p90/p95/p99
+    cpu_percent: float = 35.0
+    memory_percent: float = 42.0
+
+
 @dataclass
 class Response:
     status: int
@@ -114,9 +137,26 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 class FakeAzure:
     """The service's state and its route table. Thread-safe: SDK pollers run in threads."""
 
-    def __init__(self, *, lro_polls: int = 1, start: datetime | None = None):
+    def __init__(
+        self,
+        *,
+        lro_polls: int = 1,
+        start: datetime | None = None,
+        subscription: str = SUBSCRIPTION,
+        resource_group: str = RESOURCE_GROUP,
+        workspace: str = WORKSPACE,
+    ):
         self.lock = threading.RLock()
         self.lro_polls = lro_polls
+        self.subscription, self.resource_group, self.workspace = (
+            subscription,
+            resource_group,
+            workspace,
+        )
+        self.ws_path = (
+            f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{workspace}"
+        )
         self.now = start or datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
         self.models: set[tuple[str, str]] = set()
         self.endpoints: dict[str, dict] = {}
@@ -129,7 +169,21 @@ class FakeAzure:
         self.failing_deployments: dict[str, tuple[str, str]] = {}
         self.scoring: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.scoring_default: tuple[int, bytes] = (200, b"[0.12]")  # any deployment not in scoring
+        # Answers a scoring call instead of `scoring`: (endpoint, deployment, body) -> answer.
+        self.scorer: Callable[[str, str, bytes], tuple[int, bytes]] | None = None
+        # Canned metric answers by (resource id, metric name), lower-cased; a metric not here is
+        # answered from `samples`, which `serve()` fills from simulated client traffic.
         self.metrics: dict[tuple[str, str], list[dict]] = {}
+        self.samples: list[Sample] = []
+        self.behaviour: dict[str, Behaviour] = {}
+        # The invariants, checked after every request that changed an endpoint (see `_check`).
+        self.violations: list[str] = []
+        self.checked_changes = 0
+        self._seen: dict[str, LiveEndpoint] = {}
+        # Model registration: versions by (name, version), blobs by (account, container, path).
+        self.model_versions: dict[tuple[str, str], dict] = {}
+        self.blobs: dict[tuple[str, str, str], bytes] = {}
+        self.datastore_secrets: dict = {"secretsType": "Sas", "sasToken": "sv=2024&sig=fake-sig"}
         self.log_answer: Callable[[str, str], Response] | None = None
         # Runs when an endpoint write completes: lets a test play a concurrent writer.
         self.after_endpoint_write: Callable[[str], None] | None = None
@@ -149,6 +203,7 @@ class FakeAzure:
         with self.lock:
             self._put_endpoint_resource(name, {"tags": tags or {}, "identity": identity, **extra})
             self.endpoints[name]["properties"]["provisioningState"] = "Succeeded"
+            self.rebase(name)
             return self.endpoints[name]
 
     def add_deployment(
@@ -159,6 +214,7 @@ class FakeAzure:
             resource = self._deployment_resource(endpoint, name, model, props)
             resource["properties"]["provisioningState"] = "Succeeded"
             self.deployments[endpoint][name.lower()] = resource
+            self.rebase(endpoint)
             return resource
 
     def set_traffic(self, endpoint: str, traffic: dict[str, int], mirror: dict | None = None):
@@ -168,6 +224,102 @@ class FakeAzure:
             props["traffic"] = dict(traffic)
             props["mirrorTraffic"] = dict(mirror or {})
             self._touch(self.endpoints[endpoint])
+            self.rebase(endpoint)
+
+    def set_tags(self, endpoint: str, **tags: str) -> None:
+        """Someone adds or changes tags in the portal: bumps lastModifiedAt."""
+        with self.lock:
+            self.endpoints[endpoint]["tags"].update(tags)
+            self._touch(self.endpoints[endpoint])
+            self.rebase(endpoint)
+
+    def serve(self, endpoint: str, minute: datetime, requests: int) -> None:
+        """One minute of client traffic: `requests` live requests split by the endpoint's
+        traffic as it stands now, plus the copies its mirror setting sends to the shadow
+        deployment. Each deployment answers as its `behaviour` says, and Azure Monitor records
+        it: `RequestsPerMinute` by deployment and status code class, latency percentiles by
+        deployment, and each deployment's CPU and memory utilisation."""
+        with self.lock:
+            props = self.endpoints[endpoint]["properties"]
+            shares = [(d, pct) for d, pct in props["traffic"].items() if pct]
+            shares += [(d, pct) for d, pct in props["mirrorTraffic"].items() if pct]
+            endpoint_id = f"{self.ws_path}/onlineEndpoints/{endpoint}".lower()
+            at = minute.astimezone(UTC).replace(second=0, microsecond=0)
+            for deployment, pct in shares:
+                how = self.behaviour.get(deployment, Behaviour())
+                count = requests * pct // 100
+                errors = round(count * how.error_rate)
+                for status_class, n in (("2xx", count - errors), ("5xx", errors)):
+                    if n:
+                        self._sample(
+                            endpoint_id, "RequestsPerMinute", at, n,
+                            deployment=deployment, statusCodeClass=status_class,
+                        )  # fmt: skip
+                for percentile, value in zip((50, 90, 95, 99), how.latency_ms, strict=True):
+                    self._sample(
+                        endpoint_id, f"RequestLatency_P{percentile}", at, value,
+                        deployment=deployment,
+                    )  # fmt: skip
+                deployment_id = f"{endpoint_id}/deployments/{deployment}"
+                self._sample(deployment_id, "CpuUtilizationPercentage", at, how.cpu_percent)
+                self._sample(
+                    deployment_id, "CpuMemoryUtilizationPercentage", at, how.memory_percent
+                )
+
+    def _sample(
+        self, resource: str, metric: str, minute: datetime, value: float, **dimensions: str
+    ) -> None:
+        dims = tuple(sorted((k.lower(), v) for k, v in dimensions.items()))
+        self.samples.append(Sample(resource.lower(), metric.lower(), dims, minute, float(value)))
+
+    # -- the service as the engine sees it ---------------------------------------------------
+
+    def live(self, endpoint: str) -> LiveEndpoint:
+        """The endpoint as stored, in the engine's terms, for checking invariants."""
+        with self.lock:
+            resource = self.endpoints.get(endpoint)
+            if resource is None:
+                return LiveEndpoint(name=endpoint, exists=False)
+            deployments = {}
+            for name, dep in self.deployments.get(endpoint, {}).items():
+                props = dep["properties"]
+                match = re.search(r"/models/([^/]+)/versions/([^/]+)$", props.get("model", ""))
+                deployments[name] = LiveDeployment(
+                    name=name,
+                    model_name=match[1] if match else "",
+                    model_version=match[2] if match else "",
+                    state=ProvisioningState(props["provisioningState"]),
+                    instance_type=props.get("instanceType"),
+                    instance_count=(dep.get("sku") or {}).get("capacity"),
+                )
+            props = resource["properties"]
+            return LiveEndpoint(
+                name=endpoint,
+                exists=True,
+                deployments=deployments,
+                traffic={**{n: 0 for n in deployments}, **props["traffic"]},
+                mirror=dict(props["mirrorTraffic"]),
+                tags=dict(resource["tags"]),
+                revision=resource["systemData"]["lastModifiedAt"],
+            )
+
+    def rebase(self, endpoint: str) -> None:
+        """Take the endpoint as it is now as the baseline: a change made by the test itself
+        (an operator in the portal) is not the engine's and is not checked."""
+        with self.lock:
+            self._seen[endpoint] = self.live(endpoint)
+
+    def _check(self, cause: str) -> None:
+        """After every request: a change to an endpoint must keep the invariants
+        (`engine.invariants.transition_violations`); each breach is kept in `violations`."""
+        for endpoint in list(self.endpoints):
+            before = self._seen.get(endpoint, LiveEndpoint(name=endpoint, exists=False))
+            after = self.live(endpoint)
+            if _shape(after) == _shape(before):
+                continue
+            self.checked_changes += 1
+            self.violations.extend(f"{cause}: {v}" for v in transition_violations(before, after))
+            self._seen[endpoint] = after
 
     def fail(
         self,
@@ -215,7 +367,7 @@ class FakeAzure:
         op_id = f"op-{next(self._ids)}"
         self.operations[op_id] = Operation(self.lro_polls, on_done, error)
         url = (
-            f"https://{ARM_HOST}/subscriptions/{SUBSCRIPTION}/providers/"
+            f"https://{ARM_HOST}/subscriptions/{self.subscription}/providers/"
             f"Microsoft.MachineLearningServices/locations/{LOCATION}/mfeOperationsStatus/"
             f"{op_id}?api-version=2023-04-01-preview"
         )
@@ -226,7 +378,7 @@ class FakeAzure:
         identity = body.get("identity") or {"type": "SystemAssigned"}
         identity = {**identity, "principalId": "11111111-2222-3333-4444-555555555555"}
         resource = {
-            "id": f"{WS_PATH}/onlineEndpoints/{name}",
+            "id": f"{self.ws_path}/onlineEndpoints/{name}",
             "name": name,
             "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
             "location": LOCATION,
@@ -254,9 +406,9 @@ class FakeAzure:
     def _deployment_resource(
         self, endpoint: str, name: str, model: tuple[str, str], props: dict
     ) -> dict:
-        model_id = f"{WS_PATH}/models/{model[0]}/versions/{model[1]}"
+        model_id = f"{self.ws_path}/models/{model[0]}/versions/{model[1]}"
         return {
-            "id": f"{WS_PATH}/onlineEndpoints/{endpoint}/deployments/{name}",
+            "id": f"{self.ws_path}/onlineEndpoints/{endpoint}/deployments/{name}",
             "name": name,
             "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
             "location": LOCATION,
@@ -309,10 +461,11 @@ class FakeAzure:
     # -- handlers ---------------------------------------------------------------------------
 
     def _add_routes(self) -> None:
-        ep = rf"{_WS}/onlineEndpoints/(?P<ep>[^/]+)"
+        ws = re.escape(self.ws_path)
+        ep = rf"{ws}/onlineEndpoints/(?P<ep>[^/]+)"
         dep = rf"{ep}/deployments/(?P<dep>[^/]+)"
         table = [
-            ("GET", ARM_HOST, rf"^{_WS}$", self._get_workspace),
+            ("GET", ARM_HOST, rf"^{ws}$", self._get_workspace),
             ("GET", ARM_HOST, rf"^{ep}$", self._get_endpoint),
             ("PUT", ARM_HOST, rf"^{ep}$", self._put_endpoint),
             ("POST", ARM_HOST, rf"^{ep}/listKeys$", self._list_keys),
@@ -320,16 +473,16 @@ class FakeAzure:
             ("GET", ARM_HOST, rf"^{dep}$", self._get_deployment),
             ("PUT", ARM_HOST, rf"^{dep}$", self._put_deployment),
             ("DELETE", ARM_HOST, rf"^{dep}$", self._delete_deployment),
-            ("GET", ARM_HOST, rf"^{_WS}/models/(?P<m>[^/]+)/versions/(?P<v>[^/]+)$", self._model),
-            ("GET", ARM_HOST, rf"^{_WS}/codes/(?P<c>[^/]+)/versions$", self._find_code),
-            ("GET", ARM_HOST, rf"^{_WS}/codes/(?P<c>[^/]+)/versions/(?P<v>[^/]+)$", self._code),
+            ("GET", ARM_HOST, rf"^{ws}/models/(?P<m>[^/]+)/versions/(?P<v>[^/]+)$", self._model),
+            ("GET", ARM_HOST, rf"^{ws}/codes/(?P<c>[^/]+)/versions$", self._find_code),
+            ("GET", ARM_HOST, rf"^{ws}/codes/(?P<c>[^/]+)/versions/(?P<v>[^/]+)$", self._code),
             (
                 "POST",
                 ARM_HOST,
-                rf"^{_WS}/codes/[^/]+/versions/[^/]+/startPendingUpload$",
+                rf"^{ws}/codes/[^/]+/versions/[^/]+/startPendingUpload$",
                 self._upload,
             ),
-            ("PUT", ARM_HOST, rf"^{_WS}/environments/[^/]+/versions/[^/]+$", self._put_environment),
+            ("PUT", ARM_HOST, rf"^{ws}/environments/[^/]+/versions/[^/]+$", self._put_environment),
             ("GET", ARM_HOST, r"/mfeOperationsStatus/(?P<op>[^/]+)$", self._poll_operation),
             (
                 "GET",
@@ -343,7 +496,8 @@ class FakeAzure:
 
     def _get_workspace(self, request: Recorded) -> Response:
         return Response(
-            200, {"id": WS_PATH, "name": WORKSPACE, "location": LOCATION, "properties": {}}
+            200,
+            {"id": self.ws_path, "name": self.workspace, "location": LOCATION, "properties": {}},
         )
 
     def _endpoint_or_404(self, name: str) -> dict:
@@ -468,7 +622,7 @@ class FakeAzure:
         return Response(
             200,
             {
-                "id": f"{WS_PATH}/models/{m}/versions/{v}",
+                "id": f"{self.ws_path}/models/{m}/versions/{v}",
                 "name": v,
                 "properties": {
                     "modelType": "custom_model",
@@ -484,7 +638,7 @@ class FakeAzure:
 
     def _code_version(self, name: str, version: str) -> dict:
         return {
-            "id": f"{WS_PATH}/codes/{name}/versions/{version}",
+            "id": f"{self.ws_path}/codes/{name}/versions/{version}",
             "name": version,
             "properties": {
                 "codeUri": f"https://fakestore.blob.core.windows.net/code/{name}",
@@ -507,7 +661,8 @@ class FakeAzure:
     def _put_environment(self, request: Recorded) -> Response:
         body = copy.deepcopy(request.body or {})
         body.update(
-            id=WS_PATH + request.path.split(WS_PATH, 1)[1], name=request.path.rsplit("/")[-1]
+            id=self.ws_path + request.path.split(self.ws_path, 1)[1],
+            name=request.path.rsplit("/")[-1],
         )
         return Response(200, body)
 
@@ -531,7 +686,7 @@ class FakeAzure:
         for name in names:
             series = self.metrics.get((res.lower(), name.lower()))
             if series is None:
-                continue
+                series = self._aggregated(res.lower(), name, request.query)
             value.append(metric_body(res, name, series, request.query.get("interval", "PT1M")))
         return Response(
             200,
@@ -544,6 +699,59 @@ class FakeAzure:
                 "value": value,
             },
         )
+
+    def _aggregated(self, resource: str, name: str, query: dict[str, str]) -> list[dict]:
+        """`timeseries` for one metric from `samples`, as Azure Monitor answers: points of the
+        timespan's minutes (start included, end not), one series per value of each dimension
+        the filter names (`dim eq 'value'` or `dim eq '*'`), other dimensions summed over,
+        dimension names lower-cased, and a minute without data carrying only its timeStamp."""
+        try:
+            first, last = (datetime.fromisoformat(t) for t in query["timespan"].split("/"))
+        except (KeyError, ValueError):
+            raise ServiceError(400, "BadRequest", "timespan must be start/end") from None
+        clauses = []
+        for clause in re.split(r"\s+and\s+", query.get("$filter", "").strip(), flags=re.I):
+            if not clause:
+                continue
+            match = re.fullmatch(r"(\w+)\s+eq\s+'((?:[^']|'')*)'", clause.strip())
+            if match is None:
+                raise ServiceError(400, "BadRequest", f"the fake cannot read filter {clause!r}")
+            clauses.append((match[1].lower(), match[2].replace("''", "'")))
+        aggregations = [a.strip().lower() for a in query.get("aggregation", "Average").split(",")]
+
+        groups: dict[tuple, dict[datetime, list[float]]] = {}
+        for sample in self.samples:
+            if (sample.resource, sample.metric) != (resource, name.lower()):
+                continue
+            dims = dict(sample.dimensions)
+            if not first <= sample.minute < last or any(
+                v != "*" and dims.get(k, "").lower() != v.lower() for k, v in clauses
+            ):
+                continue
+            key = tuple((k, dims.get(k, "")) for k, _ in clauses)
+            groups.setdefault(key, {}).setdefault(sample.minute, []).append(sample.value)
+        if not groups and not clauses:
+            groups[()] = {}
+
+        def point(moment: datetime, values: list[float] | None) -> dict:
+            found: dict[str, Any] = {"timeStamp": iso(moment)}
+            if values:
+                combined = {
+                    "total": sum(values),
+                    "count": float(len(values)),
+                    "average": sum(values) / len(values),
+                    "maximum": max(values),
+                    "minimum": min(values),
+                }
+                found.update({a: combined[a] for a in aggregations if a in combined})
+            return found
+
+        count = int((last - first) / timedelta(minutes=1))
+        minutes = [first + timedelta(minutes=i) for i in range(count)]
+        return [
+            series_of(dict(key), [point(m, by_minute.get(m)) for m in minutes])
+            for key, by_minute in sorted(groups.items())
+        ]
 
     def _logs(self, request: Recorded, ws: str) -> Response:
         if self.log_answer is None:
@@ -561,7 +769,11 @@ class FakeAzure:
         deployment = raw_headers.get("azureml-model-deployment", "").lower()
         if deployment not in self.deployments[endpoint]:
             return Response(404, {"message": f"deployment {deployment} not found"})
-        status, content = self.scoring.get((endpoint, deployment), self.scoring_default)
+        if self.scorer is not None:
+            body = request.body if isinstance(request.body, bytes) else json.dumps(request.body)
+            status, content = self.scorer(endpoint, deployment, _as_bytes(body))
+        else:
+            status, content = self.scoring.get((endpoint, deployment), self.scoring_default)
         return Response(status, content, {"Content-Type": "application/json"})
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -597,6 +809,8 @@ class FakeAzure:
                     return _error(fault.status, fault.code, "injected fault", fault.headers)
             if record.host.endswith(".inference.ml.azure.com") and record.path == "/score":
                 return self._score(record, raw_headers)
+            if record.host.endswith(".blob.core.windows.net"):
+                return self._blob(record, raw_headers)
             for method, host, pattern, handler in self.routes:
                 match = pattern.search(record.path)
                 if method == record.method and host == record.host and match:
@@ -604,6 +818,8 @@ class FakeAzure:
                         return handler(record, **match.groupdict())
                     except ServiceError as exc:
                         return _error(exc.status, exc.code, exc.message, exc.headers)
+                    finally:
+                        self._check(f"{record.method} {record.path}")
             self.unrouted.append(f"{record.method} {record.host}{record.path}")
             return _error(501, "NoSuchRoute", f"the fake has no route for {record.path}")
 
@@ -622,6 +838,17 @@ class FakeAzure:
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         return NoSleepTransport(session=session, session_owner=False)
+
+
+def _shape(live: LiveEndpoint) -> tuple:
+    """What an endpoint change is judged on: existence, deployments, traffic, mirror, tags."""
+    return (live.exists, live.deployments, live.live_traffic(), live.live_mirror(), live.tags)
+
+
+def _as_bytes(body: Any) -> bytes:
+    if body is None:
+        return b""
+    return body.encode() if isinstance(body, str) else bytes(body)
 
 
 class _FakeAdapter(HTTPAdapter):
@@ -672,6 +899,15 @@ def series(dimensions: dict[str, str], points: list[tuple[datetime, dict[str, fl
             {"name": {"value": k, "localizedValue": k}, "value": v} for k, v in dimensions.items()
         ],
         "data": [{"timeStamp": iso(moment), **values} for moment, values in points],
+    }
+
+
+def series_of(dimensions: dict[str, str], data: list[dict]) -> dict:
+    return {
+        "metadatavalues": [
+            {"name": {"value": k, "localizedValue": k}, "value": v} for k, v in dimensions.items()
+        ],
+        "data": data,
     }
 
 
@@ -739,11 +975,16 @@ def block_network(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def checked_fake(fake: FakeAzure | None = None) -> Iterator[FakeAzure]:
-    """For a fixture: yields a fake and fails the test if it met a request it has no route for."""
+def checked_fake(fake: FakeAzure | None = None, *, invariants: bool = False) -> Iterator[FakeAzure]:
+    """For a fixture: yields a fake and fails the test if it met a request it has no route for,
+    and, with `invariants`, if any change the service accepted broke one of the engine's
+    invariants (for tests where only the engine writes; a test that writes arbitrary tags
+    through the provider leaves it off)."""
     fake = fake or FakeAzure()
     yield fake
     assert not fake.unrouted, f"requests the fake has no route for: {fake.unrouted}"
+    if invariants:
+        assert not fake.violations, f"changes that broke an invariant: {fake.violations}"
 
 
 class FakeClock:
