@@ -30,7 +30,7 @@ def draw_history_chart(data: dict[str, Any], gates: Sequence[Gate], path: Path) 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    series = [s for s in gate_series(data, gates) if any(v is not None for v in s.values)]
+    series = [s for s in gate_series(data, gates) if s.measured()]
     panels = max(1, len(series))
     figure, axes = pyplot.subplots(panels, 1, figsize=(8, 2.6 * panels), squeeze=False)
     try:
@@ -38,19 +38,19 @@ def draw_history_chart(data: dict[str, Any], gates: Sequence[Gate], path: Path) 
             axes[0][0].text(0.5, 0.5, "no gate values recorded yet", ha="center", va="center")
             axes[0][0].set_axis_off()
         for axis, item in zip((row[0] for row in axes), series, strict=False):
-            positions = range(len(item.labels))
-            heights = [v or 0.0 for v in item.values]
-            colours = [COLOURS.get(v, OTHER_COLOUR) for v in item.verdicts]
+            labels, heights, verdicts = zip(*item.measured(), strict=True)
+            positions = range(len(labels))
+            colours = [COLOURS.get(v, OTHER_COLOUR) for v in verdicts]
             axis.bar(positions, heights, color=colours)
             axis.axhline(item.bound, color="#424242", linestyle="--", linewidth=1)
             axis.annotate(
                 f"{BOUND_WORDS[item.bound_kind]} {item.bound:g}",
-                (len(item.labels) - 0.5, item.bound),
+                (len(labels) - 0.5, item.bound),
                 ha="right",
                 va="bottom",
                 fontsize=8,
             )
-            axis.set_xticks(list(positions), item.labels, fontsize=8)
+            axis.set_xticks(list(positions), labels, fontsize=8)
             axis.set_title(f"{item.gate} ({item.metric})", fontsize=10)
             axis.set_ylim(0, max([*heights, item.bound]) * 1.25 or 1.0)
         figure.suptitle(f"Gates of {data['endpoint']} per step", fontsize=11)

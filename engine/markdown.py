@@ -55,8 +55,7 @@ BOUND_WORDS = {"max": "max", "min": "min", "max_ratio_to_stable": "max ratio to 
 
 def cell(text: object) -> str:
     """Text made safe for one Markdown table cell: no pipes, no raw HTML, no line breaks."""
-    value = str(text).replace("\\", "\\\\").replace("|", "\\|")
-    value = value.replace("<", "&lt;").replace(">", "&gt;")
+    value = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
     return " ".join(value.splitlines())
 
 
@@ -80,7 +79,12 @@ def value_text(metric: str, value: float | None, ratio: bool = False) -> str:
         return "–"
     if ratio:
         return f"{value:.2f}×"
-    return format_value(Metric(metric), value)
+    text = format_value(Metric(metric), value)
+    if Metric(metric).percentile is not None:
+        return f"{text} ms"
+    if metric in (Metric.CPU_UTILIZATION, Metric.MEMORY_UTILIZATION):
+        return f"{text} %"
+    return text
 
 
 def bound_text(metric: str, bound: dict[str, Any] | None) -> str:
@@ -226,6 +230,14 @@ class GateSeries:
     values: tuple[float | None, ...]
     verdicts: tuple[str, ...]
 
+    def measured(self) -> list[tuple[str, float, str]]:
+        """(label, value, verdict) of the steps that have a value."""
+        return [
+            (label, value, verdict)
+            for label, value, verdict in zip(self.labels, self.values, self.verdicts, strict=True)
+            if value is not None
+        ]
+
     @property
     def title(self) -> str:
         bound = value_text(self.metric, self.bound)
@@ -268,10 +280,11 @@ def _number(value: float) -> str:
 
 
 def mermaid_chart(series: GateSeries) -> list[str]:
-    """An xychart: the gate's value per step as bars, its bound as a line."""
-    values = [v or 0.0 for v in series.values]
+    """An xychart: the gate's value at each measured step as bars, its bound as a line."""
+    points = series.measured()
+    values = [value for _, value, _ in points]
     top = max([*values, series.bound]) * 1.2 or 1.0
-    labels = ", ".join('"' + label.replace('"', "'") + '"' for label in series.labels)
+    labels = ", ".join('"' + label.replace('"', "'") + '"' for label, _, _ in points)
     return [
         "```mermaid",
         "xychart-beta",
@@ -288,7 +301,7 @@ def charts(data: dict[str, Any], gates: Sequence[Gate]) -> list[str]:
     """Charts for gates measured on at least two steps; fewer points read better in a table."""
     lines: list[str] = []
     for series in gate_series(data, gates):
-        if sum(v is not None for v in series.values) < 2:
+        if len(series.measured()) < 2:
             continue
         lines.extend(mermaid_chart(series))
         lines.append("")
