@@ -261,10 +261,12 @@ def gate_series(data: dict[str, Any], gates: Sequence[Gate]) -> list[GateSeries]
         for record in data["steps"]:
             value = record[field]
             verdict = record["verdict"]
+            label = f"{record['index'] + 1} {record['label']}"
             if verdict == "running" and gate.name in current:
                 value = current[gate.name]["value"]
                 verdict = current[gate.name]["verdict"]
-            labels.append(f"{record['index'] + 1} {record['label']}")
+                label += " (now)"
+            labels.append(label)
             values.append(None if value is None else float(value))
             verdicts.append(verdict)
         if labels:
