@@ -53,6 +53,8 @@ WORKSPACE = "ml-test-ws"
 LOCATION = "westeurope"
 ARM_HOST = "management.azure.com"
 LOGS_HOST = "api.loganalytics.io"
+ACCOUNT = "mltestws0storage"  # the workspace's default datastore: account and container
+CONTAINER = "azureml-blobstore-0000"
 NAME_RULE = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 MAX_DEPLOYMENTS = 20
 WS_PATH = (
@@ -183,6 +185,7 @@ class FakeAzure:
         # Model registration: versions by (name, version), blobs by (account, container, path).
         self.model_versions: dict[tuple[str, str], dict] = {}
         self.blobs: dict[tuple[str, str, str], bytes] = {}
+        self.blob_auth: list[str] = []  # how each upload was signed: SAS, SharedKey or Bearer
         self.datastore_secrets: dict = {"secretsType": "Sas", "sasToken": "sv=2024&sig=fake-sig"}
         self.log_answer: Callable[[str, str], Response] | None = None
         # Runs when an endpoint write completes: lets a test play a concurrent writer.
@@ -474,6 +477,15 @@ class FakeAzure:
             ("PUT", ARM_HOST, rf"^{dep}$", self._put_deployment),
             ("DELETE", ARM_HOST, rf"^{dep}$", self._delete_deployment),
             ("GET", ARM_HOST, rf"^{ws}/models/(?P<m>[^/]+)/versions/(?P<v>[^/]+)$", self._model),
+            (
+                "PUT",
+                ARM_HOST,
+                rf"^{ws}/models/(?P<m>[^/]+)/versions/(?P<v>[^/]+)$",
+                self._put_model,
+            ),
+            ("GET", ARM_HOST, rf"^{ws}/models/(?P<m>[^/]+)/versions$", self._list_models),
+            ("GET", ARM_HOST, rf"^{ws}/datastores$", self._list_datastores),
+            ("POST", ARM_HOST, rf"^{ws}/datastores/(?P<d>[^/]+)/listSecrets$", self._secrets),
             ("GET", ARM_HOST, rf"^{ws}/codes/(?P<c>[^/]+)/versions$", self._find_code),
             ("GET", ARM_HOST, rf"^{ws}/codes/(?P<c>[^/]+)/versions/(?P<v>[^/]+)$", self._code),
             (
@@ -617,6 +629,8 @@ class FakeAzure:
         return Response(202, None, headers)
 
     def _model(self, request: Recorded, m: str, v: str) -> Response:
+        if (m, v) in self.model_versions:
+            return Response(200, self.model_versions[(m, v)])
         if (m, v) not in self.models:
             raise ServiceError(404, "ResourceNotFound", f"model {m}:{v} not found")
         return Response(
@@ -634,6 +648,86 @@ class FakeAzure:
                 },
                 "systemData": self._system_data(),
             },
+        )
+
+    # -- model registration: model versions, the default datastore, blob storage ------------
+
+    def _model_version(self, name: str, version: str, props: dict) -> dict:
+        return {
+            "id": f"{self.ws_path}/models/{name}/versions/{version}",
+            "name": version,
+            "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+            "properties": {
+                "modelType": props.get("modelType", "custom_model"),
+                "modelUri": props.get("modelUri"),
+                "description": props.get("description"),
+                "properties": dict(props.get("properties") or {}),
+                "tags": dict(props.get("tags") or {}),
+                "flavors": props.get("flavors") or {},
+                "isArchived": False,
+                "isAnonymous": False,
+                "provisioningState": "Succeeded",
+            },
+            "systemData": self._system_data(),
+        }
+
+    def _put_model(self, request: Recorded, m: str, v: str) -> Response:
+        self._check_name("model", m)
+        props = (request.body or {}).get("properties") or {}
+        uri = props.get("modelUri") or ""
+        found = re.match(r"^azureml://subscriptions/[^/]+/resourcegroups/[^/]+/workspaces/[^/]+"
+                         r"/datastores/(?P<d>[^/]+)/paths/(?P<p>.+)$", uri, re.I)  # fmt: skip
+        if found is None:
+            raise ServiceError(400, "UserError", f"modelUri {uri!r} is not a datastore URI")
+        if (ACCOUNT, CONTAINER, found["p"]) not in self.blobs:
+            raise ServiceError(400, "UserError", f"no blob at {found['p']} in the datastore")
+        existing = self.model_versions.get((m, v))
+        if existing is not None:
+            if existing["properties"]["modelUri"] != uri:
+                raise ServiceError(409, "UserError", f"model {m}:{v} exists with another path")
+            return Response(200, existing)
+        self.model_versions[(m, v)] = resource = self._model_version(m, v, props)
+        self.register_model(m, v)
+        return Response(201, resource)
+
+    def _list_models(self, request: Recorded, m: str) -> Response:
+        found = [r for (name, _), r in sorted(self.model_versions.items()) if name == m]
+        return Response(200, {"value": found})
+
+    def _list_datastores(self, request: Recorded) -> Response:
+        store = {
+            "id": f"{self.ws_path}/datastores/workspaceblobstore",
+            "name": "workspaceblobstore",
+            "type": "Microsoft.MachineLearningServices/workspaces/datastores",
+            "properties": {
+                "datastoreType": "AzureBlob",
+                "accountName": ACCOUNT,
+                "containerName": CONTAINER,
+                "endpoint": "core.windows.net",
+                "protocol": "https",
+                "isDefault": True,
+                "credentials": {"credentialsType": self.datastore_secrets["secretsType"]},
+            },
+        }
+        return Response(200, {"value": [store]})
+
+    def _secrets(self, request: Recorded, d: str) -> Response:
+        return Response(200, dict(self.datastore_secrets))
+
+    def _blob(self, request: Recorded, raw_headers: dict[str, str]) -> Response:
+        account = request.host.split(".", 1)[0]
+        container, _, path = request.path.lstrip("/").partition("/")
+        if request.method != "PUT" or (account, container) != (ACCOUNT, CONTAINER):
+            self.unrouted.append(f"{request.method} {request.host}{request.path}")
+            return _error(501, "NoSuchRoute", "the fake stores blobs in one container only")
+        scheme = raw_headers.get("authorization", "").partition(" ")[0]
+        signed = "SAS" if "sig" in request.query else scheme
+        if signed not in ("SAS", "SharedKey", "Bearer"):
+            return _error(403, "AuthenticationFailed", "no SAS signature or authorization")
+        self.blob_auth.append(signed)
+        self.blobs[(account, container, urllib.parse.unquote(path))] = _as_bytes(request.body)
+        return Response(
+            201, None, {"ETag": '"0x1"', "Last-Modified": "Fri, 04 Dec 2026 10:00:00 GMT"}
         )
 
     def _code_version(self, name: str, version: str) -> dict:

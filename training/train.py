@@ -4,7 +4,10 @@ data (training.data) -> variant's filter -> stratified holdout split -> scikit-l
 holdout metrics -> joblib artifact -> engine.registry.register as the next `credit-risk` version.
 The artifact is what `models/credit-risk/score.py` loads; the registry records its sha256.
 
-    python -m training.train [--home H] [--data PATH] [--variant V] [--seed N]
+    python -m training.train [--home H] [--data PATH] [--variant V] [--seed N] [--register azureml]
+
+With `--register azureml` the version is also registered in the Azure ML workspace
+(`training.register_azure`), and the `azureml:credit-risk:<version>` to roll out is printed.
 """
 
 from __future__ import annotations
@@ -231,12 +234,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--variant", choices=list(VARIANTS), default="baseline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--register",
+        choices=["azureml"],
+        help="also register the version in the Azure ML workspace named by AZURE_SUBSCRIPTION_ID, "
+        "AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE, and print the azureml:name:version to put "
+        "in the manifest",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     home = state_home(args.home)
+    if args.register == "azureml":
+        from training.register_azure import workspace_from_env
+
+        try:
+            workspace_from_env()  # before training, so a missing variable costs nothing
+        except SafeRolloutError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         result = train_version(home, variant=args.variant, data=args.data, seed=args.seed)
     except SafeRolloutError as exc:
@@ -246,6 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: training stopped: {exc}", file=sys.stderr)
         return 1
     print(summarise(result))
+    if args.register == "azureml":
+        from training.register_azure import register_trained
+
+        try:
+            azure = register_trained(result)
+        except (SafeRolloutError, OSError) as exc:
+            print(f"error: registering in Azure ML failed: {exc}", file=sys.stderr)
+            return 1
+        done = "registered" if azure.created else "already registered"
+        print(f"{done} in Azure ML as version {azure.version}; the manifest's model.version:")
+        print(azure.reference)
     return 0
 
 

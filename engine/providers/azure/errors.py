@@ -79,12 +79,15 @@ def _headers_of(exc: BaseException) -> Mapping[str, str] | None:
     return getattr(getattr(exc, "response", None), "headers", None)
 
 
-def translate(exc: BaseException, *, endpoint: str, operation: str) -> ProviderError:
-    """The engine error for `exc`, raised by an Azure SDK during `operation` on `endpoint`."""
+def translate(
+    exc: BaseException, *, endpoint: str, operation: str, subject: str = ""
+) -> ProviderError:
+    """The engine error for `exc`, raised by an Azure SDK during `operation` on `endpoint`
+    (or on `subject`, such as a workspace, when the call is about no endpoint)."""
     from azure.core import exceptions as core
 
     code, detail = _service_code_and_message(exc)
-    where = f"{operation} on endpoint {endpoint}"
+    where = f"{operation} on {subject or f'endpoint {endpoint}'}"
     fields = {"endpoint": endpoint, "operation": operation}
 
     def transient(reason: str, delay: float) -> TransientError:
@@ -137,7 +140,7 @@ def is_translatable(exc: BaseException) -> bool:
 
 
 @contextmanager
-def translated(*, endpoint: str, operation: str) -> Iterator[None]:
+def translated(*, endpoint: str, operation: str, subject: str = "") -> Iterator[None]:
     """Re-raise any Azure error from the block as the engine's own, chaining the cause."""
     try:
         yield
@@ -146,4 +149,4 @@ def translated(*, endpoint: str, operation: str) -> Iterator[None]:
     except Exception as exc:
         if not is_translatable(exc):
             raise
-        raise translate(exc, endpoint=endpoint, operation=operation) from exc
+        raise translate(exc, endpoint=endpoint, operation=operation, subject=subject) from exc
