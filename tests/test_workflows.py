@@ -443,8 +443,39 @@ def test_local_manifests_are_never_reconciled_even_when_a_caller_names_them(tmp_
         assert code == 0
         assert json.loads(outputs["manifests"]) == [{"file": AZURE, "endpoint": "credit-risk"}]
     replay.record(args, validated.stdout, "", 0)
+    code, _, outputs = replay.run_step(script, {"GIVEN": json.dumps([LOCAL]), "ONLY": ""})
+    assert code == 0 and outputs["manifests"] == "[]"
+    replay.record(args, validated.stdout, "", 0)
     code, _, _ = replay.run_step(script, {"GIVEN": "", "ONLY": "credit-risk-local"})
     assert code == 1, "asking for a local endpoint by name is an error, not a silent no-op"
+
+
+@needs_shell
+def test_training_bumps_only_the_model_version_line_of_the_manifest(tmp_path):
+    (tmp_path / "rollouts").mkdir()
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    before = (ROOT / AZURE).read_text()
+    (tmp_path / AZURE).write_text(before)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MANIFEST": AZURE,
+        "VERSION": "12",
+        "RUNNER_TEMP": str(tmp_path),
+    }
+    script = step("train.yml", "propose", "bump")["run"]
+    result = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    changed = [
+        (old, new)
+        for old, new in zip(before.splitlines(), (tmp_path / AZURE).read_text().splitlines(),
+                            strict=True)
+        if old != new
+    ]  # fmt: skip
+    assert changed == [('    version: "1"', '    version: "12"')]
 
 
 # ---------------------------------------------------------------------------------------------
