@@ -129,11 +129,11 @@ def azure_backend(fake: FakeAzure, models: Path) -> Backend:
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Backend]:
+    block_network(monkeypatch)  # loopback only: the local backend's server is all there is
     if request.param == "local":
         home = request.getfixturevalue("local_home")
         yield local_backend(home, tmp_path / "models")
     else:
-        block_network(monkeypatch)
         yield from (azure_backend(f, tmp_path / "models") for f in checked_fake())
 
 
