@@ -351,6 +351,8 @@ def decide_first_deployment(
         promoted_at=now,
         step=None,
         step_started=None,
+        # A run that died between creating the deployment and recording it left no start.
+        rollout_started=state.rollout_started or now,
     )
     reason = f"{name} passed its smoke test and becomes stable with 100 % of live traffic"
     action = _update(desired, live, state, after, reason, traffic={name: 100}, mirror={})
