@@ -38,6 +38,7 @@ class StepRecord:
     error_rate: float | None = None
     p90_ms: float | None = None
     p99_ms: float | None = None
+    ended: datetime | None = None  # when the step closed; None while it runs
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,13 @@ def _format_step(record: StepRecord) -> str:
         _format_number(record.error_rate),
         _format_number(record.p90_ms),
         _format_number(record.p99_ms),
+        format_time(record.ended) if record.ended else "",
     ]
     return "|".join(figures).rstrip("|")
 
 
 def _parse_step(index: int, text: str) -> StepRecord | None:
-    parts = text.split("|") + [""] * 6
+    parts = text.split("|") + [""] * 7
     started = parse_time(parts[1])
     if started is None:
         return None
@@ -145,6 +147,7 @@ def _parse_step(index: int, text: str) -> StepRecord | None:
         error_rate=_parse_number(parts[3]),
         p90_ms=_parse_number(parts[4]),
         p99_ms=_parse_number(parts[5]),
+        ended=parse_time(parts[6]),
     )
 
 
@@ -239,4 +242,6 @@ def decode(tags: dict[str, str]) -> RolloutState:
 
 
 def has_state(tags: dict[str, str]) -> bool:
-    return any(key.startswith(STATE_TAG_PREFIX) for key in tags)
+    """Whether the tags record a rollout; a lease alone records nothing (a run holds it)."""
+    lease = f"{STATE_TAG_PREFIX}lease"
+    return any(key.startswith(STATE_TAG_PREFIX) and key != lease for key in tags)

@@ -417,12 +417,6 @@ def test_a_second_reconciler_meets_the_lease_and_writes_nothing(backend: Backend
     assert after == before, "the second run wrote nothing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decide_first_deployment counts the first run's lease tag as rollout state and "
-    "raises PlanError ('has rollout state but no stable deployment') instead of the second "
-    "run meeting the lease; it still writes nothing",
-)
 def test_a_second_reconciler_meets_the_lease_while_the_first_adopts_the_endpoint(
     backend: Backend,
 ) -> None:
