@@ -123,7 +123,13 @@ def parse_with_cli(args: list[str]) -> None:
 
 
 def placeholders(args: list[str]) -> list[str]:
-    values = {"MANIFEST": AZURE, "ENDPOINT": "credit-risk", "RUNNER_TEMP": "/tmp/runner"}
+    values = {
+        "MANIFEST": AZURE,
+        "ENDPOINT": "credit-risk",
+        "RUNNER_TEMP": "/tmp/runner",
+        "VARIANT": "challenger",
+        "SEED": "0",
+    }
     return [
         re.sub(r"\$\{?([A-Z_]+)\}?", lambda m: values.get(m.group(1), "value"), arg) for arg in args
     ]
@@ -138,6 +144,16 @@ def test_every_rollout_call_in_the_workflows_parses_against_the_cli():
             parse_with_cli(placeholders(call))
         except Exception as error:  # a click usage error names the bad option
             pytest.fail(f"{workflow} job {job}: `rollout {' '.join(call)}` does not parse: {error}")
+
+
+def test_the_training_call_in_train_yml_parses_against_the_training_command():
+    from training.train import parse_args
+
+    script = step("train.yml", "train", "register")["run"].replace("\\\n", " ")
+    line = next(x for x in script.splitlines() if "python -m training.train" in x)
+    words = shlex.split(line.split("python -m training.train", 1)[1].split("|")[0])
+    args = parse_args(placeholders(words))
+    assert args.register == "azureml", "the version must be registered where it is deployed"
 
 
 def test_a_misspelt_rollout_option_is_caught_by_the_parse_check():
