@@ -15,10 +15,10 @@ from typing import Literal
 
 from engine.durations import format_duration
 from engine.errors import SafeRolloutError
-from engine.gates import GateResult, Verdict, combine, first_failure
+from engine.gates import GateResult, Verdict, combine, concluded_passed, first_failure
 from engine.live import DeploymentRequest, LiveDeployment, LiveEndpoint, ProvisioningState
 from engine.plan import Action, ActionKind, Outcome, Plan
-from engine.spec import ApprovalStep, MirrorStep, ModelRollout, Step, TrafficStep
+from engine.spec import ApprovalStep, MirrorStep, ModelRollout, SequentialGate, Step, TrafficStep
 from engine.state import Lease as Lease  # re-exported for the reconciler
 from engine.state import Phase, RolloutState, StepRecord, decode, encode, format_time, has_state
 
@@ -131,6 +131,11 @@ def manifest_warnings(rollout: ModelRollout) -> list[str]:
                 f"steps[{index}] ({step_label(step)}) gives the candidate no traffic: its gates "
                 "can see no data there"
             )
+    if spec.promote_early and not any(isinstance(g, SequentialGate) for g in spec.gates):
+        warnings.append(
+            "promote_early has no effect: only sequential gates (test: sequential) conclude "
+            "before a bake ends"
+        )
     if not spec.gates:
         warnings.append("there are no gates: steps advance on bake time alone")
     elif all(g.dry_run for g in spec.gates):
@@ -211,7 +216,7 @@ def _record(
     if state.step is None:
         return state
     started = state.step_started or now
-    record = StepRecord(index=state.step, started=started, verdict=verdict)
+    record = StepRecord(index=state.step, started=started, verdict=verdict, ended=now)
     if figures:
         record = replace(
             record,
@@ -572,7 +577,9 @@ def decide_step(
     bake = step.bake
     started = state.step_started or now
     left = (started + bake - now).total_seconds()
-    if left > 0:
+    # promote_early: a step whose every acting gate has concluded passed needs no more bake.
+    early = spec.promote_early and gates is not None and concluded_passed(list(gates))
+    if left > 0 and not early:
         reason = f"{label}: baking, {format_duration(left)} left"
         return _quiet_wait(
             desired, live, state, with_errors, errors_changed, Outcome.WAITING, reason, observed,
@@ -587,9 +594,12 @@ def decide_step(
     verdict = combine(list(gates))
     if verdict is Verdict.PASSED:
         closed = _record(with_errors, "passed", observed.figures, now)
+        why = f"{label} passed its gates"
+        if left > 0:
+            why = f"{label} concluded passed {format_duration(left)} before its bake ended"
         if index + 1 < len(spec.steps):
-            return _enter_step(desired, live, closed, index + 1, now, f"{label} passed its gates")
-        return _promote(desired, live, closed, now, f"{label} passed its gates, the last step")
+            return _enter_step(desired, live, closed, index + 1, now, why)
+        return _promote(desired, live, closed, now, f"{why}, the last step")
 
     # Inconclusive after the bake: a timer running out never promotes.
     unclear = [g.reason for g in gates if g.acts and g.verdict is Verdict.INCONCLUSIVE]

@@ -54,6 +54,8 @@ _YAML11_FALSE = {"n", "N", "no", "No", "NO", "off", "Off", "OFF"}
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _STEP_KINDS = ("mirror", "traffic", "approval")
+_GATE_KINDS = ("sequential", "threshold")
+_UNION_TAGS = {"steps": _STEP_KINDS, "gates": _GATE_KINDS}  # list -> tags its union adds
 _VERSION_LOC: Loc = ("spec", "model", "version")
 _BOUND_KEYS = ("max", "min", "max_ratio_to_stable")
 
@@ -551,16 +553,14 @@ def _validate(doc: Document) -> ModelRollout | None:
 
 
 def _manifest_loc(loc: tuple[Any, ...]) -> Loc:
-    """Drop the tags the step union adds: (steps, 1, traffic, traffic) -> steps[1].traffic."""
+    """Drop the tags the step and gate unions add: (steps, 1, traffic, traffic) ->
+    steps[1].traffic, (gates, 0, sequential, min_effect) -> gates[0].min_effect."""
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        tagged = (
-            part in _STEP_KINDS
-            and i >= 2
-            and isinstance(loc[i - 1], int)
-            and loc[i - 2] == "steps"
-            and i + 1 < len(loc)
-        )
+        in_union = i >= 2 and isinstance(loc[i - 1], int)
+        tags = _UNION_TAGS.get(str(loc[i - 2]), ()) if in_union else ()
+        # A step's tag is also its field's name, so it is a tag only with a field after it.
+        tagged = part in tags and (i + 1 < len(loc) or part not in _STEP_KINDS)
         if not tagged:
             out.append(part)
     return tuple(out)
@@ -690,7 +690,9 @@ FIELDS: dict[str, FieldText] = {
     "spec.steps[].bake": FieldText(f"bake {_DURATION_WHAT}", kind="duration"),
     "spec.steps[].approval": FieldText("approval expects manual", kind="word"),
     "spec.gates": FieldText("gates is a list of gates", "gates: []", "map"),
-    "spec.gates[]": FieldText("a gate is a mapping with name, metric and one bound", kind="map"),
+    "spec.gates[]": FieldText(
+        "a gate is a mapping with name, metric and one bound, or test: sequential", kind="map"
+    ),
     "spec.gates[].name": FieldText(
         f"a gate name has 1 to 63 {_NAME_CHARS}", "name: candidate-errors"
     ),
@@ -706,6 +708,17 @@ FIELDS: dict[str, FieldText] = {
         "min_requests is a whole number, 0 or more", kind="whole"
     ),
     "spec.gates[].dry_run": FieldText("dry_run is true or false", kind="bool"),
+    "spec.gates[].test": FieldText(
+        "test is sequential: candidate against stable, judged at every pass",
+        "test: sequential",
+        "word",
+    ),
+    "spec.gates[].false_rollback_rate": FieldText(
+        "false_rollback_rate is a probability above 0 and at most 0.2", kind="number"
+    ),
+    "spec.gates[].min_effect": FieldText(
+        "min_effect is a ratio such as 2x or an increase in error rate such as +0.01"
+    ),
     "spec.analysis": FieldText("analysis is a mapping of gate source settings", kind="map"),
     "spec.analysis.source": FieldText("source is local, azure-metrics or azure-logs", kind="word"),
     "spec.analysis.workspace_id": FieldText("workspace_id is a Log Analytics workspace id"),
@@ -716,6 +729,7 @@ FIELDS: dict[str, FieldText] = {
     ),
     "spec.on_failure": FieldText("on_failure is rollback or hold", kind="word"),
     "spec.on_inconclusive": FieldText("on_inconclusive is hold or rollback", kind="word"),
+    "spec.promote_early": FieldText("promote_early is true or false", kind="bool"),
     "spec.progress_deadline": FieldText(f"progress_deadline {_DURATION_WHAT}", kind="duration"),
     "spec.cleanup": FieldText("cleanup is a mapping with delete_previous_after", kind="map"),
     "spec.cleanup.delete_previous_after": FieldText(

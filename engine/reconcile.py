@@ -41,12 +41,13 @@ from engine.errors import (
     SourceError,
     TransientError,
 )
-from engine.gates import GateResult, evaluate_gate
+from engine.gates import GateResult, RolloutData, StepData, evaluate_gate
 from engine.live import DeploymentRequest, EndpointWrite, LiveEndpoint
 from engine.names import derive_deployment_name
 from engine.plan import Action, ActionKind, Outcome, PassResult, Plan
 from engine.providers.base import STATE_TAG_PREFIX, Measurement, Provider, Window
-from engine.spec import Metric
+from engine.sequential import routing_share
+from engine.spec import Metric, SequentialGate
 from engine.state import Lease, Phase, RolloutState, decode, encode, format_time
 
 if TYPE_CHECKING:
@@ -160,11 +161,50 @@ def measure_gates(
             stable_window = Window(state.step_started - length, state.step_started)
         stable_data = measure(state.stable, stable_window, False)
 
+    exposing = sum(1 for i in range(len(spec.steps)) if candidate_exposure(spec.steps, i)[0])
+    rollout: RolloutData | SourceError = RolloutData(exposure_steps=max(exposing, 1))
+    if state.stable and any(
+        isinstance(g, SequentialGate) and g.compares_errors for g in spec.gates
+    ):
+        # Sequential error gates judge the rollout since its first step: every earlier step's
+        # window is measured again each pass, so nothing is kept between passes.
+        past: list[tuple[int, Window | None]] = [
+            *_past_step_windows(desired, state, index, end),
+            (index, None),
+        ]
+        steps: list[StepData] = []
+        for step_index, past_window in past:
+            step_share, step_mirrored = candidate_exposure(spec.steps, step_index)
+            if past_window is None:  # the current step
+                candidate_side: Measurement | SourceError = candidate
+                if share == 100 and not mirrored:
+                    stable_side: Measurement | SourceError = Measurement(0, 0, 0, {})
+                elif stable_data is not None:
+                    stable_side = stable_data
+                else:
+                    stable_side = measure(state.stable, window, False)
+            else:
+                candidate_side = measure(desired.name, past_window, step_mirrored)
+                stable_side = measure(state.stable, past_window, False)
+            if isinstance(candidate_side, SourceError) or isinstance(stable_side, SourceError):
+                rollout = candidate_side if isinstance(candidate_side, SourceError) else stable_side
+                break
+            steps.append(
+                StepData(
+                    routing_share(step_share, step_mirrored),
+                    step_mirrored,
+                    candidate_side,
+                    stable_side,
+                )
+            )
+        else:
+            rollout = RolloutData(tuple(steps), exposure_steps=max(exposing, 1))
+
     results: list[GateResult] = []
     errors: dict[str, tuple[int, int]] = {}
     for index_, gate in enumerate(spec.gates):
         before = state.source_errors.get(gate.name, (0, 0))
-        result = evaluate_gate(gate, index_, candidate, stable_data, spec.analysis, before)
+        result = evaluate_gate(gate, index_, candidate, stable_data, spec.analysis, before, rollout)
         results.append(result)
         if result.source_errors != (0, 0):
             errors[gate.name] = result.source_errors
@@ -179,6 +219,28 @@ def measure_gates(
             p99_ms=candidate.latency_ms.get(Metric.LATENCY_P99_MS.percentile or 99),
         )
     return Observations(gates=tuple(results), figures=figures, source_errors=errors)
+
+
+def _past_step_windows(
+    desired: Desired, state: RolloutState, current: int, end: datetime
+) -> list[tuple[int, Window]]:
+    """The window of each earlier step of the rollout that exposed the candidate: from its
+    last start plus the warm-up to when it closed (or the next step began, for a step log
+    written before closes were recorded), never past `end`."""
+    spec = desired.rollout.spec
+    records = {r.index: r for r in state.steps}
+    windows = []
+    for index in range(current):
+        record = records.get(index)
+        if record is None or candidate_exposure(spec.steps, index)[0] == 0:
+            continue
+        closed = record.ended or (records[index + 1].started if index + 1 in records else None)
+        if closed is None:
+            continue
+        window = Window(record.started + spec.analysis.warmup, min(closed, end))
+        if window.end > window.start:
+            windows.append((index, window))
+    return windows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,8 +314,14 @@ class Reconciler:
                 plan = decide(self.desired, live, self.clock.now(), observed, command)
                 if not plan.actions:
                     return PassResult(self.endpoint, tuple(done), plan)
+                try:
+                    live = self._take_lease(live, plan)
+                except _EndpointMoved as moved:
+                    # What was read is already out of date (a replica behind the last write, or
+                    # a write that just ended): decide again on the endpoint as it is now.
+                    live = moved.live
+                    continue
                 command = None  # an operator command is one transition
-                live = self._take_lease(live, plan)
                 smoke = None
                 for action in plan.actions:
                     live, outcome = self._perform(action, live)
@@ -282,7 +350,12 @@ class Reconciler:
         if self._lease and current and current.holder == self.holder:
             return live
         if current and current.holder != self.holder and current.until > now:
-            raise LeaseHeldError(self.endpoint, current.holder, format_time(current.until))
+            # A read may lag behind a release that already happened: confirm before refusing.
+            fresh = self.read()
+            current = decode(fresh.tags).lease
+            if current and current.holder != self.holder and current.until > now:
+                raise LeaseHeldError(self.endpoint, current.holder, format_time(current.until))
+            raise _EndpointMoved(fresh)
         lease = Lease(self.holder, now + LEASE_TTL)
         tags = {**encode(decode(live.tags)), **_lease_tag(lease)}
         write = EndpointWrite(live.live_traffic(), live.live_mirror(), tags)
@@ -291,11 +364,11 @@ class Reconciler:
         except ConflictError:
             fresh = self.read()
             holder = decode(fresh.tags).lease
-            raise LeaseHeldError(
-                self.endpoint,
-                holder.holder if holder else "another writer",
-                format_time(holder.until) if holder else "now",
-            ) from None
+            if holder and holder.holder != self.holder and holder.until > now:
+                raise LeaseHeldError(
+                    self.endpoint, holder.holder, format_time(holder.until)
+                ) from None
+            raise _EndpointMoved(fresh) from None
         confirmed = decode(after.tags).lease
         if not confirmed or confirmed.holder != self.holder:
             # Providers without compare-and-swap (Azure) are checked by re-reading.
@@ -343,12 +416,13 @@ class Reconciler:
             self._retry(
                 lambda: self.provider.create_deployment(self.endpoint, request), "create deployment"
             )
-            return (
-                self.provider.wait_for_deployment(
+            waited = self._retry(
+                lambda: self.provider.wait_for_deployment(
                     self.endpoint, request.name, self.deployment_timeout_s
                 ),
-                None,
+                "wait for deployment",
             )
+            return waited, None
         if action.kind is ActionKind.SMOKE_TEST:
             return live, self._smoke_test(action.subject)
         if action.kind is ActionKind.DELETE_DEPLOYMENT:
@@ -393,6 +467,14 @@ class Reconciler:
                     self.endpoint, write, expected_revision=live.revision
                 )
                 break
+            except ConflictError:
+                # Retrying a write whose answer was lost, after a read that missed it: the
+                # first attempt may be what moved the revision.
+                fresh = self.read() if attempt > 1 else None
+                if fresh is not None and _matches(fresh, write):
+                    after = fresh
+                    break
+                raise
             except TransientError as error:
                 # The write may have landed with its response lost: look before writing again.
                 if attempt >= RETRY_ATTEMPTS:
@@ -461,6 +543,15 @@ def check_response_shape(body: bytes, model_dir: Path) -> str:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
         return f"the response does not have the model's shape at {where}: {error.message}"
     return ""
+
+
+class _EndpointMoved(Exception):
+    """The endpoint changed between the read a plan was made from and the lease write, and no
+    other run holds it: the pass decides again on `live`."""
+
+    def __init__(self, live: LiveEndpoint):
+        super().__init__("the endpoint changed since it was read")
+        self.live = live
 
 
 def _window_key(live: LiveEndpoint) -> tuple[object, ...]:

@@ -367,7 +367,7 @@ def assess_gate_bounds(gate: ThresholdGate) -> list[Violation]:
     return found
 
 
-def assess_gate_names(gates: Sequence[ThresholdGate]) -> list[Violation]:
+def assess_gate_names(gates: Sequence[AnyGate]) -> list[Violation]:
     first_seen: dict[str, int] = {}
     found = []
     for i, gate in enumerate(gates):
@@ -425,7 +425,213 @@ class ThresholdGate(StrictModel):
         return self
 
 
-Gate = ThresholdGate
+# -- sequential gates: candidate against stable, valid at every look ----------------------------
+
+SEQUENTIAL_ERROR_METRICS = (Metric.ERROR_RATE, Metric.NON_2XX_RATE)
+SEQUENTIAL_METRICS = (
+    *SEQUENTIAL_ERROR_METRICS,
+    *(m for m in Metric if m.percentile is not None),
+)
+DEFAULT_MIN_EFFECT = "2x"
+_MIN_EFFECT_PATTERN = r"^([0-9]+(\.[0-9]+)?x|\+(0?\.[0-9]+))$"
+
+
+@dataclass(frozen=True)
+class MinEffect:
+    """The smallest regression worth catching: a ratio (`2x`) or an increase (`+0.01`)."""
+
+    ratio: float | None = None
+    increase: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.increase is None):
+            raise ValueError("a min_effect is either a ratio or an increase")
+        if self.ratio is not None and not 1 < self.ratio <= 1000:
+            raise ValueError("a ratio min_effect lies above 1 and at most 1000")
+        if self.increase is not None and not 0 < self.increase < 1:
+            raise ValueError("an increase min_effect lies between 0 and 1")
+
+    @classmethod
+    def parse(cls, text: str) -> MinEffect:
+        """`"2x"` -> ratio 2, `"+0.01"` -> increase 0.01; ValueError for anything else."""
+        text = text.strip()
+        try:
+            if text.endswith("x"):
+                return cls(ratio=float(text[:-1]))
+            if text.startswith("+"):
+                return cls(increase=float(text[1:]))
+        except ValueError:
+            pass
+        raise ValueError(f"not a min_effect: {text!r}")
+
+    def __str__(self) -> str:
+        return f"{self.ratio:g}x" if self.ratio is not None else f"+{self.increase:g}"
+
+
+def _min_effect(value: Any) -> str:
+    """A manifest's min_effect in its written form; YAML reads `+0.01` as the number 0.01."""
+    what = "min_effect is a ratio such as 2x or an increase in error rate such as +0.01"
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        if 0 < value < 1:
+            return str(MinEffect(increase=float(value)))
+        hint = f"write {value:g}x for {value:g} times stable's error rate" if value > 1 else ""
+        raise PydanticCustomError(
+            RULE_ERROR,
+            "{message}; {hint}" if hint else "{message}",
+            {"message": what, "hint": hint},
+        )
+    if isinstance(value, str):
+        try:
+            return str(MinEffect.parse(value))
+        except ValueError:
+            pass
+    hint = "e.g. 2x to catch a doubling, +0.01 to catch one more failure in a hundred"
+    raise PydanticCustomError(RULE_ERROR, "{message}; {hint}", {"message": what, "hint": hint})
+
+
+MinEffectText = Annotated[
+    str,
+    BeforeValidator(_min_effect),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _MIN_EFFECT_PATTERN, "examples": ["2x", "+0.01"]},
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            ]
+        }
+    ),
+]
+
+
+def assess_sequential_gate(gate: SequentialGate) -> list[Violation]:
+    """Which comparison the metric takes: min_effect for errors, max_ratio_to_stable for
+    latency; other metrics have no sequential test."""
+    metric = gate.metric
+    if metric not in SEQUENTIAL_METRICS:
+        return [
+            Violation(
+                ("metric",),
+                "a sequential gate compares error_rate, non_2xx_rate or a latency percentile "
+                "with stable",
+                f"use a threshold gate (max, min or max_ratio_to_stable) for {metric.value}",
+            )
+        ]
+    found = []
+    if metric in SEQUENTIAL_ERROR_METRICS and gate.max_ratio_to_stable is not None:
+        found.append(
+            Violation(
+                ("max_ratio_to_stable",),
+                f"a sequential {metric.value} gate compares with stable by itself; min_effect "
+                "says which regression to catch",
+                "remove max_ratio_to_stable; e.g. min_effect: 2x",
+            )
+        )
+    if metric not in SEQUENTIAL_ERROR_METRICS:
+        if gate.min_effect is not None:
+            found.append(
+                Violation(
+                    ("min_effect",),
+                    "min_effect is for error_rate and non_2xx_rate; a latency comparison takes "
+                    "max_ratio_to_stable",
+                    "write max_ratio_to_stable: 1.25 instead",
+                )
+            )
+        if gate.max_ratio_to_stable is None:
+            found.append(
+                Violation(
+                    (),
+                    f"a sequential {metric.value} gate needs max_ratio_to_stable",
+                    "add max_ratio_to_stable: 1.25 to fail a candidate 25 % slower than stable",
+                )
+            )
+        elif gate.max_ratio_to_stable < 1:
+            found.append(
+                Violation(
+                    ("max_ratio_to_stable",),
+                    "max_ratio_to_stable of a sequential gate is 1 or more",
+                    "1.25 lets the candidate's percentile be up to 25 % above stable's",
+                )
+            )
+    return found
+
+
+def _sequential_schema() -> dict[str, Any]:
+    latency = [m.value for m in SEQUENTIAL_METRICS if m not in SEQUENTIAL_ERROR_METRICS]
+    return {
+        "if": {"properties": {"metric": {"enum": latency}}, "required": ["metric"]},
+        "then": {
+            "required": ["max_ratio_to_stable"],
+            "properties": {"max_ratio_to_stable": {"minimum": 1}},
+            "not": {"required": ["min_effect"]},
+        },
+        "else": {"not": {"required": ["max_ratio_to_stable"]}},
+    }
+
+
+class SequentialGate(StrictModel):
+    """Candidate against stable with a test that may be judged at every pass.
+
+    Errors: fails as soon as the rollout's failures show the candidate failing more often than
+    stable (false rollbacks at most `false_rollback_rate` over the rollout), tuned to catch
+    `min_effect` quickly. Latency: fails when the percentile's ratio to stable is shown to
+    exceed `max_ratio_to_stable`, within each step. See docs/gates.md.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [_sequential_schema()]})
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=ASSET_NAME_PATTERN)]
+    metric: Annotated[
+        Metric,
+        Field(strict=False),
+        WithJsonSchema({"type": "string", "enum": [m.value for m in SEQUENTIAL_METRICS]}),
+    ]
+    test: Literal["sequential"]
+    false_rollback_rate: Annotated[Number, Field(gt=0, le=0.2)] = 0.01
+    min_effect: MinEffectText | None = Field(default=None, json_schema_extra=_no_schema_default)
+    max_ratio_to_stable: Annotated[
+        Number | None, WithJsonSchema({"type": "number", "exclusiveMinimum": 0})
+    ] = Field(default=None, json_schema_extra=_no_schema_default)
+    min_requests: Annotated[int, Field(ge=0)] = 100
+    dry_run: bool = False
+
+    @property
+    def compares_errors(self) -> bool:
+        return self.metric in SEQUENTIAL_ERROR_METRICS
+
+    @property
+    def effect(self) -> MinEffect:
+        """min_effect as numbers; 2x when the manifest leaves it out."""
+        return MinEffect.parse(self.min_effect or DEFAULT_MIN_EFFECT)
+
+    @property
+    def bound(self) -> tuple[str, float]:
+        """The hypothesis the gate rolls back on: the ratio to stable it must not exceed
+        (1 for errors: any regression, once the evidence is conclusive)."""
+        return "max_ratio_to_stable", self.max_ratio_to_stable or 1.0
+
+    @model_validator(mode="after")
+    def _comparison_fits_metric(self) -> SequentialGate:
+        _raise_violations("SequentialGate", assess_sequential_gate(self))
+        return self
+
+
+def _gate_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "sequential" if "test" in value else "threshold"
+    return {SequentialGate: "sequential", ThresholdGate: "threshold"}.get(type(value))
+
+
+# A gate with `test:` is sequential; one without is a threshold gate. Sequential comes first so
+# the loader, which picks a model by the keys present, tries it before the threshold gate.
+Gate = Annotated[
+    Annotated[SequentialGate, Tag("sequential")] | Annotated[ThresholdGate, Tag("threshold")],
+    Discriminator(
+        _gate_kind,
+        custom_error_type="gate_kind",
+        custom_error_message="a gate is a mapping with name, metric and one bound",
+    ),
+]
+AnyGate = SequentialGate | ThresholdGate
 
 
 class Analysis(StrictModel):
@@ -465,6 +671,8 @@ class Spec(StrictModel):
     analysis: Analysis = Analysis()
     on_failure: Literal["rollback", "hold"] = "rollback"
     on_inconclusive: Literal["hold", "rollback"] = "hold"
+    # A step ends before its bake once every acting gate has concluded passed (sequential only).
+    promote_early: bool = False
     progress_deadline: Duration | None = None
     cleanup: Cleanup = Cleanup()
 
@@ -483,7 +691,7 @@ class Spec(StrictModel):
 
     @field_validator("gates")
     @classmethod
-    def _gate_names_unique(cls, gates: list[ThresholdGate]) -> list[ThresholdGate]:
+    def _gate_names_unique(cls, gates: list[AnyGate]) -> list[AnyGate]:
         _raise_violations("gates", assess_gate_names(gates))
         return gates
 

@@ -6,7 +6,8 @@ engine's own errors (`engine.errors`): SDK and transport errors are translated h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -71,6 +72,8 @@ class Measurement:
     `latency_ms` maps a percentile (50, 90, 95, 99) to milliseconds; empty without data.
     `aggregation` says how percentiles were obtained, e.g. "exact over 1,240 requests" or
     "maximum of per-minute p90 values": per-minute percentiles cannot be re-aggregated.
+    `latencies_ms` holds every request's latency when the source has them (per-request
+    sources), for gates that bound percentiles with their sample size; None otherwise.
     """
 
     requests: int
@@ -80,6 +83,7 @@ class Measurement:
     cpu_percent: float | None = None
     memory_percent: float | None = None
     aggregation: str = "exact"
+    latencies_ms: Sequence[float] | None = field(default=None, compare=False, repr=False)
 
 
 class GateSource(Protocol):

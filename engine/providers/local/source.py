@@ -43,6 +43,7 @@ def summarise(records: np.ndarray, usage: np.ndarray) -> Measurement:
         cpu_percent=float(usage["cpu"].mean()) if len(usage) else None,
         memory_percent=float(usage["memory"].mean()) if len(usage) else None,
         aggregation=f"exact over {count:,} requests",
+        latencies_ms=records["latency_ms"].astype(np.float64),
     )
 
 
