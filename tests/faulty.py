@@ -284,7 +284,7 @@ class PermanentFault:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.inner, name)
-        if name not in CALLS:
+        if name not in CALLS or name == "gate_source":  # source failures are F04's
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -341,6 +341,43 @@ class Crashing:
                 self.crashed_on = self.crashed_on or name
                 raise Crash(f"the run died before call {self.count + 1} ({name})")
             self.count += 1
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+class Scripted:
+    """Faults at chosen calls, for tests that need one exact sequence:
+    `{("update_endpoint", 2): "lost-response", ("read_endpoint", 3): "stale-read"}`, each call
+    numbered from 1 per operation. A stale read answers with the endpoint as it was before the
+    last write made through this wrapper (or `stale`, when given)."""
+
+    def __init__(self, inner: Any, script: dict[tuple[str, int], str], stale: Any = None):
+        self.inner = inner
+        self.name = getattr(inner, "name", "scripted")
+        self.script = dict(script)
+        self.counts: Counter = Counter()
+        self.stale = stale
+        self.done: list[tuple[str, int, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name not in CALLS:
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.counts[name] += 1
+            fault = self.script.get((name, self.counts[name]))
+            if fault:
+                self.done.append((name, self.counts[name], fault))
+            if fault == "stale-read":
+                return self.stale
+            if name in WRITES:
+                self.stale = self.inner.read_endpoint(args[0])
+            if fault == "lost-response":
+                attribute(*args, **kwargs)
+            if fault:
+                raise TransientError(f"{name}: {fault}", retry_after=1.0, operation=name)
             return attribute(*args, **kwargs)
 
         return call

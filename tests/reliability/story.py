@@ -190,3 +190,22 @@ def steps_entered(history: list[LiveEndpoint]) -> list[tuple[str | None, int]]:
         if state.step is not None and (not entered or entered[-1] != (state.candidate, state.step)):
             entered.append((state.candidate, state.step))
     return entered
+
+
+def decisions(live: LiveEndpoint) -> dict[str, Any]:
+    """The end state without times and figures: what was decided, not when or over how much
+    data (retries that back off move the clock, and with it every window)."""
+    state = decode(live.tags)
+    return {
+        "traffic": live.live_traffic(),
+        "mirror": live.live_mirror(),
+        "deployments": sorted(live.deployments),
+        "roles": (state.stable, state.candidate, state.previous),
+        "phase": state.phase,
+        "step": state.step,
+        "verdicts": [(r.index, r.verdict) for r in state.steps],
+        "rolled back": state.rolled_back,
+        "retired": state.retired,
+        "source errors": state.source_errors,
+        "digest": state.digest,
+    }
