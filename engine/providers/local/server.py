@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,7 +122,10 @@ def pick_deployment(traffic: tuple[tuple[str, int], ...], roll: int) -> str | No
 
 def bearer_key(header: str | None) -> bytes:
     scheme, _, value = (header or "").partition(" ")
-    return value.strip().encode() if scheme.lower() == "bearer" else b""
+    if scheme.lower() != "bearer":
+        return b""
+    # A key is ASCII; anything else cannot match and is simply not a key.
+    return value.strip().encode("ascii", errors="replace")
 
 
 # ---- worker processes ------------------------------------------------------------------------
@@ -462,8 +466,17 @@ class LocalServer:
             return await handler(request)
         except web.HTTPException:
             raise
-        except Exception:
-            log.exception("unexpected error while answering %s %s", request.method, request.path)
+        except Exception as error:
+            # The exception's text may quote the request (a key, a payload): log its type and
+            # where it was raised, never its message.
+            where = _raised_at(error)
+            log.error(
+                "unexpected %s while answering %s %s at %s",
+                type(error).__name__,
+                request.method,
+                request.path,
+                where,
+            )
             return _reply(502, "the local server could not handle this request; see server.log")
 
     # -- following the control plane
@@ -619,7 +632,7 @@ class LocalServer:
             )
         try:
             json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deeper than the parser goes is bad JSON
             return b"", _reply(400, "the request body is not valid JSON")
         return body, None
 
@@ -705,11 +718,39 @@ def read_server_file(home: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _raised_at(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+
+
+class RedactProtocolErrors(logging.Filter):
+    """aiohttp logs a malformed request with the offending bytes, which can hold the endpoint
+    key (an oversized Authorization header) or a payload (an oversized query string). Keep the
+    fact and the error type; drop the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            name = type(record.exc_info[1]).__name__
+            record.msg = f"rejected a malformed request ({name})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_aiohttp_loggers() -> None:
+    for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactProtocolErrors) for f in logger.filters):
+            logger.addFilter(RedactProtocolErrors())
+
+
 def server_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _run(home: Path, host: str, port: int, settings: ServerSettings, on_ready) -> None:
+    quiet_aiohttp_loggers()
     server = LocalServer(home, settings)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
