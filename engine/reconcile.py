@@ -38,6 +38,7 @@ from engine.errors import (
     LeaseHeldError,
     PermanentError,
     ProviderError,
+    SafeRolloutError,
     SourceError,
     TransientError,
 )
@@ -409,6 +410,8 @@ class Reconciler:
             action.subject,
             action.reason,
         )
+        if action.kind in _WRITES:
+            self._check_lease()
         if action.kind is ActionKind.CREATE_ENDPOINT:
             return self._retry(lambda: self.provider.create_endpoint(self.endpoint), "create"), None
         if action.kind is ActionKind.CREATE_DEPLOYMENT and action.deployment:
@@ -448,6 +451,24 @@ class Reconciler:
             )
             return self._write(write, live, action.reason), None
         raise PermanentError(f"cannot perform {action.kind.value}", endpoint=self.endpoint)
+
+    def _check_lease(self) -> None:
+        """A run that stalled past its lease's expiry (a paused runner, a long wait) reads the
+        endpoint again before its next write, and stops if another run took the lease since:
+        without compare-and-swap (Azure) nothing else would keep it from writing."""
+        if self._lease is None or self.clock.now() < self._lease.until:
+            return
+        expired = self._lease.until
+        current = decode(self.read().tags).lease
+        if current is not None and current.holder == self.holder:
+            return  # nobody took it; the next endpoint write renews it
+        self._lease = None  # not ours to release any more
+        raise LeaseLostError(
+            f"endpoint {self.endpoint}: this run's lease expired at {format_time(expired)} while "
+            "it was stalled, and "
+            + (f"{current.holder} holds it now" if current else "another run has taken it since")
+            + "; nothing more was written. Run again to continue from the endpoint as it is"
+        )
 
     def _renewed_lease(self) -> Lease | None:
         if self._lease:
@@ -543,6 +564,13 @@ def check_response_shape(body: bytes, model_dir: Path) -> str:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
         return f"the response does not have the model's shape at {where}: {error.message}"
     return ""
+
+
+class LeaseLostError(SafeRolloutError):
+    """This run's lease expired while it stalled and another run took the endpoint over."""
+
+
+_WRITES = (ActionKind.UPDATE_ENDPOINT, ActionKind.CREATE_DEPLOYMENT, ActionKind.DELETE_DEPLOYMENT)
 
 
 class _EndpointMoved(Exception):
