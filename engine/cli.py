@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 
 EXIT_CHANGES = 2
+_changes_pending = False  # set when a plan exits 2 on purpose
 EXIT_ROLLED_BACK = 3
 
 
@@ -195,28 +196,47 @@ def plan(
         Path | None, typer.Option("--out", help="Save the plan for `apply --plan`.")
     ] = None,
 ) -> None:
-    """Show what `apply` would do now, without changing anything."""
+    """Show what `apply` would do now, without changing anything (a manifest or a folder)."""
     from engine.decide import plan_pass
+    from engine.loader import load_paths
     from engine.render import plan_json, render_plan
 
-    loaded = _load(target)
-    reconciler = _open(loaded)
-    live = reconciler.read()
-    plans = plan_pass(reconciler.desired, live, reconciler.clock.now(), reconciler.observe(live))
-    if out is not None:
-        from engine.savedplan import save
+    folder = Path(target).is_dir()
+    if folder and out is not None:
+        fail("--out saves the plan of one manifest; name a manifest file")
+    # A folder is planned as a whole, so two manifests for one endpoint are refused (F09).
+    manifests = load_paths([Path(target)]) if folder else [_load(target)]
+    changes = False
+    documents = []
+    for loaded in manifests:
+        reconciler = _open(loaded)
+        live = reconciler.read()
+        now = reconciler.clock.now()
+        plans = plan_pass(reconciler.desired, live, now, reconciler.observe(live))
+        changes = changes or any(p.actions for p in plans)
+        if out is not None:
+            from engine.savedplan import save
 
-        save(out, loaded.path, reconciler.desired, live, plans)
-        say(f"saved the plan to {out}; apply it with `rollout apply --plan {out}`")
-    if format is Format.json:
-        sys.stdout.write(plan_json(plans, reconciler.desired))
-    elif format is Format.markdown:
-        from engine.markdown import render_plan_markdown
+            save(out, loaded.path, reconciler.desired, live, plans)
+            say(f"saved the plan to {out}; apply it with `rollout apply --plan {out}`")
+        if format is Format.json:
+            documents.append(plan_json(plans, reconciler.desired))
+        elif format is Format.markdown:
+            from engine.markdown import render_plan_markdown
 
-        sys.stdout.write(render_plan_markdown(plans, reconciler.desired))
+            documents.append(render_plan_markdown(plans, reconciler.desired))
+        else:
+            documents.append(render_plan(plans, reconciler.desired))
+    if format is Format.json and folder:
+        import json
+
+        merged = {"version": 1, "plans": [json.loads(d) for d in documents]}
+        sys.stdout.write(json.dumps(merged, indent=2) + "\n")
     else:
-        sys.stdout.write(render_plan(plans, reconciler.desired))
-    if detailed_exitcode and any(p.actions for p in plans):
+        sys.stdout.write("\n".join(documents))
+    if detailed_exitcode and changes:
+        global _changes_pending
+        _changes_pending = True
         raise typer.Exit(EXIT_CHANGES)
 
 
@@ -354,6 +374,12 @@ def _operator(target: str, kind: str, full: bool = False) -> None:
     result = reconciler.apply(Command(kind=kind, who=_who(), full=full))  # type: ignore[arg-type]
     if result.final is not None:
         say(f"{reconciler.endpoint}: {result.final.summary}")
+    from engine.plan import Outcome
+
+    failed = any(p.outcome is Outcome.FAILED for p in (*result.plans, result.final) if p)
+    # An abort that rolled back did what was asked; anything that ended Failed needs a human.
+    if failed or (result.rolled_back and kind != "abort"):
+        raise typer.Exit(EXIT_ROLLED_BACK)
 
 
 @app.command()
@@ -435,6 +461,12 @@ def demo(
 def main() -> None:
     try:
         app()
+    except SystemExit as done:
+        # The argument parser exits 2 on a usage error, which would read as "changes pending"
+        # to a CI step using --detailed-exitcode: a usage error is an error, exit 1.
+        if done.code == EXIT_CHANGES and not _changes_pending:
+            sys.exit(1)
+        raise
     except SafeRolloutError as error:
         report_error(error)
         sys.exit(error.exit_code)

@@ -475,6 +475,10 @@ def decide_rollout(
             actions.insert(0, _create(desired, f"{name} does not exist yet"))
         return _plan(desired, Outcome.CHANGES, reason, *actions, phase=Phase.PROGRESSING)
 
+    if state.phase is Phase.FAILED:
+        why = state.decision.partition(": ")[2] or "an earlier pass could not roll back"
+        return _plan(desired, Outcome.FAILED, why, phase=Phase.FAILED, state=state)
+
     deployment = live.deployments.get(name)
     if deployment is None:
         return _plan(
@@ -718,14 +722,17 @@ def _fail(
         return _plan(desired, Outcome.PAUSED, reason, action, phase=Phase.PAUSED, observed=observed)
     stable_deployment = live.deployments.get(stable)
     if stable_deployment is None or stable_deployment.state is not ProvisioningState.SUCCEEDED:
-        return _plan(
-            desired,
-            Outcome.FAILED,
-            f"{why}; cannot roll back: stable {stable} is not ready to take traffic back",
-            phase=Phase.FAILED,
-            state=state,
-            observed=observed,
+        reason = (
+            f"{why}; cannot roll back: stable {stable} is not ready to take traffic back, a "
+            f"human is needed (repair {stable}, then `rollout abort`)"
         )
+        if state.phase is Phase.FAILED:
+            return _plan(
+                desired, Outcome.FAILED, reason, phase=Phase.FAILED, state=state, observed=observed
+            )
+        # Nothing moves; record why, so every later pass and `status` say so too.
+        action = _update(desired, live, state, replace(closed, phase=Phase.FAILED), reason)
+        return _plan(desired, Outcome.FAILED, reason, action, phase=Phase.FAILED, observed=observed)
     after = replace(
         closed,
         phase=Phase.ROLLED_BACK,
@@ -867,7 +874,7 @@ def decide_command(
         state.candidate == desired.name
         and state.step is not None
         and state.phase in (Phase.PROGRESSING, Phase.PAUSED)
-    )
+    ) or (command.kind == "abort" and state.phase is Phase.FAILED)
     if not in_progress:
         raise OperatorError(
             f"no rollout of {desired.name} is in progress on {desired.endpoint} "

@@ -6,9 +6,12 @@ that the engine never attempted a write the service would refuse.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from engine.decide import Command, OperatorError, PlanError, plan_pass
+from engine.live import ProvisioningState
 from engine.plan import ActionKind, Outcome
 from engine.reconcile import Reconciler
 from engine.state import Phase, decode
@@ -505,3 +508,34 @@ def test_plan_shows_the_whole_pass_and_writes_nothing(world):
         ActionKind.UPDATE_ENDPOINT,
     ]
     assert provider.endpoints == {}
+
+
+def test_a_failure_that_cannot_roll_back_is_recorded_as_failed_and_waits_for_a_human(world):
+    provider, clock = world
+    v7 = stable_on_v7(provider, clock)
+    rec = reconciler(provider, clock)
+    v8 = rec.desired.name
+    rec.apply()
+    bake(clock, 10.5)
+    rec.apply()  # 90/10
+    provider.behaviour[v8] = Behaviour(error_rate=0.3)
+    broken = dict(provider.endpoints["churn"].deployments)
+    broken[v7] = replace(broken[v7], state=ProvisioningState.FAILED)
+    provider.set_live("churn", deployments=broken)
+    bake(clock, 2)
+    result = rec.apply()
+    assert result.rolled_back, "reported like a rollback: exit code 3"
+    assert state(provider).phase is Phase.FAILED
+    assert "a human is needed" in state(provider).decision
+    assert provider.endpoints["churn"].live_traffic() == {v7: 90, v8: 10}, "nothing moved"
+    revision = provider.endpoints["churn"].revision
+    again = rec.apply()
+    assert again.final.outcome is Outcome.FAILED
+    assert provider.endpoints["churn"].revision == revision, "later passes write nothing"
+
+    repaired = dict(provider.endpoints["churn"].deployments)
+    repaired[v7] = replace(repaired[v7], state=ProvisioningState.SUCCEEDED)
+    provider.set_live("churn", deployments=repaired)
+    rec.apply(Command("abort", who="erin"))
+    assert provider.endpoints["churn"].live_traffic() == {v7: 100}
+    assert state(provider).phase is Phase.ROLLED_BACK
