@@ -450,7 +450,10 @@ def decide_rollout(
             return _plan(
                 desired, Outcome.CHANGES, reason, action, phase=state.phase, notes=(drift,)
             )
-        housekeeping = _delete_retired(desired, live, state)
+        # Stable serves alone again: the previous deployment's clock still runs.
+        housekeeping = _cleanup_previous(desired, live, state, now) or _delete_retired(
+            desired, live, state
+        )
         return housekeeping or _found_rolled_back(desired, state)
 
     if state.candidate != name:
@@ -737,6 +740,7 @@ def _fail(
         closed,
         phase=Phase.ROLLED_BACK,
         rolled_back=_add(state.rolled_back, candidate),
+        rollback_reason=f"{candidate}: {why}",
     )
     reason = f"roll back {candidate}: {why}; all live traffic returns to stable {stable}"
     action = _update(desired, live, state, after, reason, {stable: 100}, {})
@@ -746,8 +750,9 @@ def _fail(
 
 
 def _found_rolled_back(desired: Desired, state: RolloutState) -> Plan:
-    why = state.decision.partition(": ")[2] or "an earlier pass rolled it back"
-    why = why.removeprefix(f"roll back {desired.name}: ")
+    recorded, _, why = state.rollback_reason.partition(": ")
+    if recorded != desired.name or not why:
+        why = "an earlier pass rolled it back"
     return _plan(
         desired,
         Outcome.FOUND_ROLLED_BACK,
@@ -845,7 +850,10 @@ def decide_command(
 
     if command.kind == "undo":
         previous = state.previous
-        if not previous or state.phase is not Phase.SUCCEEDED:
+        exposed = state.candidate and (
+            live.traffic.get(state.candidate) or live.mirror.get(state.candidate)
+        )
+        if not previous or exposed or state.phase not in (Phase.SUCCEEDED, Phase.ROLLED_BACK):
             raise OperatorError(
                 f"nothing to undo on {desired.endpoint}: undo puts traffic back on the previous "
                 "deployment after a promotion, and there is none"
@@ -856,6 +864,9 @@ def decide_command(
                 f"previous {previous} is no longer deployed; it cannot take traffic"
             )
         undone = state.stable or ""
+        retired = state.retired
+        if state.candidate and state.candidate != undone:
+            retired = _add(retired, state.candidate)  # a rolled-back candidate kept till now
         after = replace(
             state,
             stable=previous,
@@ -863,6 +874,7 @@ def decide_command(
             candidate=undone,
             phase=Phase.ROLLED_BACK,
             rolled_back=_add(state.rolled_back, undone),
+            retired=retired,
             override=stamp,
             step=None,
         )

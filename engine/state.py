@@ -63,6 +63,7 @@ class RolloutState:
     source_errors: dict[str, tuple[int, int]] = field(default_factory=dict)  # gate: (row, total)
     decision: str = ""
     override: str = ""
+    rollback_reason: str = ""  # why the candidate was last rolled back, kept past later writes
     steps: tuple[StepRecord, ...] = ()
     rolled_back: tuple[str, ...] = ()
     retired: tuple[str, ...] = ()  # deployments to delete once they carry no traffic
@@ -181,6 +182,7 @@ def encode(state: RolloutState) -> dict[str, str]:
     )
     put("decision", state.decision)
     put("override", state.override)
+    put("rollback-reason", state.rollback_reason)
     for record in state.steps:
         put(f"step.{record.index}", _format_step(record))
     put("rolled-back", ",".join(state.rolled_back[-MAX_ROLLED_BACK:]))
@@ -234,6 +236,7 @@ def decode(tags: dict[str, str]) -> RolloutState:
         source_errors=source_errors,
         decision=text("decision") or "",
         override=text("override") or "",
+        rollback_reason=text("rollback-reason") or "",
         steps=tuple(sorted(records, key=lambda r: r.index)),
         rolled_back=tuple(filter(None, (text("rolled-back") or "").split(","))),
         retired=tuple(filter(None, (text("retired") or "").split(","))),

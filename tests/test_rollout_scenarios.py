@@ -539,3 +539,61 @@ def test_a_failure_that_cannot_roll_back_is_recorded_as_failed_and_waits_for_a_h
     rec.apply(Command("abort", who="erin"))
     assert provider.endpoints["churn"].live_traffic() == {v7: 100}
     assert state(provider).phase is Phase.ROLLED_BACK
+
+
+def test_after_a_rollback_the_previous_deployment_is_still_cleaned_up_and_undo_works(world):
+    provider, clock = world
+    v7 = stable_on_v7(provider, clock)
+    rec8 = reconciler(provider, clock, cleanup={"delete_previous_after": "1h"})
+    rec8.apply()
+    for _ in range(4):
+        bake(clock, 10.5)
+        rec8.apply()
+    v8 = rec8.desired.name
+    rec9 = reconciler(
+        provider,
+        clock,
+        model={"name": "churn", "version": "9"},
+        cleanup={"delete_previous_after": "1h"},
+    )
+    provider.behaviour[rec9.desired.name] = Behaviour(error_rate=0.5)
+    rec9.apply()
+    bake(clock, 2)
+    assert rec9.apply().rolled_back
+    assert state(provider).previous == v7
+
+    rec9.apply(Command("undo", who="frank"))
+    live = provider.endpoints["churn"]
+    assert live.live_traffic() == {v7: 100}
+    after = state(provider)
+    assert (after.stable, after.candidate) == (v7, v8)
+    bake(clock, 1)
+    rec9.apply()
+    assert rec9.desired.name not in provider.endpoints["churn"].deployments, "v9 retired"
+
+
+def test_the_previous_deployment_is_deleted_on_time_even_after_a_rollback(world):
+    provider, clock = world
+    v7 = stable_on_v7(provider, clock)
+    rec8 = reconciler(provider, clock, cleanup={"delete_previous_after": "1h"})
+    rec8.apply()
+    for _ in range(4):
+        bake(clock, 10.5)
+        rec8.apply()
+    rec9 = reconciler(
+        provider,
+        clock,
+        model={"name": "churn", "version": "9"},
+        cleanup={"delete_previous_after": "1h"},
+    )
+    provider.behaviour[rec9.desired.name] = Behaviour(error_rate=0.5)
+    rec9.apply()
+    bake(clock, 2)
+    rec9.apply()
+    bake(clock, 61)
+    result = rec9.apply()
+    assert v7 not in provider.endpoints["churn"].deployments
+    assert result.final.outcome is Outcome.FOUND_ROLLED_BACK
+    assert "errs: error_rate 0.5 > max 0.01" in result.final.summary, (
+        "the reason outlives later writes"
+    )
