@@ -21,14 +21,14 @@ DRIVER = Path(__file__).with_name("cli_under_test.py")
 ENDPOINT = "toy-ep"
 
 
-def manifest_text(version: str, *, steps: str | None = None) -> str:
+def manifest_text(version: str, *, steps: str | None = None, endpoint: str = ENDPOINT) -> str:
     steps = steps or "    - traffic: 100\n      bake: 0s\n"
     return (
         "apiVersion: saferollout/v1\n"
         "kind: ModelRollout\n"
         "metadata:\n  name: toy\n"
         "spec:\n"
-        f"  target:\n    provider: local\n    endpoint: {ENDPOINT}\n"
+        f"  target:\n    provider: local\n    endpoint: {endpoint}\n"
         f'  model:\n    name: toy\n    version: "{version}"\n'
         f"  steps:\n{steps}"
         "  gates:\n"
@@ -37,14 +37,16 @@ def manifest_text(version: str, *, steps: str | None = None) -> str:
     )
 
 
-def project(root: Path, version: str, *, steps: str | None = None) -> Path:
+def project(
+    root: Path, version: str, *, steps: str | None = None, endpoint: str = ENDPOINT
+) -> Path:
     """`root/rollouts/toy.yaml` for toy model `version`; the toy model's folder must be
     `root/models/toy` (the `toy_model` fixture puts it there)."""
     (root / "models" / "toy").mkdir(parents=True, exist_ok=True)
     (root / "models" / "toy" / "sample-request.json").write_text('{"data": [1, 2, 3]}\n')
     (root / "rollouts").mkdir(exist_ok=True)
-    path = root / "rollouts" / "toy.yaml"
-    path.write_text(manifest_text(version, steps=steps))
+    path = root / "rollouts" / ("toy.yaml" if endpoint == ENDPOINT else f"{endpoint}.yaml")
+    path.write_text(manifest_text(version, steps=steps, endpoint=endpoint))
     return path
 
 
