@@ -124,6 +124,14 @@ def _open(loaded, *, announce: bool = False):  # -> (Reconciler, provider)
 PROVIDER_FACTORIES: dict[str, object] = {}
 
 
+def _deployable_problem(reconciler, live) -> str:
+    """What stops the manifest's deployment from being created, when it would be."""
+    check = getattr(reconciler.provider, "check_deployable", None)
+    if check is None or reconciler.desired.name in live.deployments:
+        return ""
+    return check(reconciler.desired.deployment)
+
+
 def open_provider(loaded, *, announce: bool = False):
     target = loaded.rollout.spec.target
     factory = PROVIDER_FACTORIES.get(target.provider)
@@ -214,6 +222,9 @@ def plan(
         now = reconciler.clock.now()
         plans = plan_pass(reconciler.desired, live, now, reconciler.observe(live))
         changes = changes or any(p.actions for p in plans)
+        problem = _deployable_problem(reconciler, live)
+        if problem and any(a.deployment for p in plans for a in p.actions):
+            say(f"warning: apply will stop before writing anything: {problem}")
         if out is not None:
             from engine.savedplan import save
 
@@ -270,6 +281,10 @@ def apply(
             reconciler.observe(live))
         )  # fmt: skip
     loaded = _load(target) if target is not None else loaded
+    reconciler = _open(loaded)
+    problem = _deployable_problem(reconciler, reconciler.read())
+    if problem:
+        fail(f"nothing was written: {problem}")
     reconciler = _open(loaded, announce=True)
     reconciler.on_event = lambda message: say(f"- {message}")
     code = _run_passes(reconciler, wait=wait, interval=interval)

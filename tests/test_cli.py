@@ -139,3 +139,20 @@ def test_apply_status_and_history_on_a_real_local_backend(tmp_path):
             assert key not in output.stdout + output.stderr
     finally:
         LocalProvider(tmp_path).stop_server()
+
+
+def test_apply_of_an_unregistered_model_version_stops_before_writing_anything(tmp_path):
+    plan = rollout("plan", LOCAL, home=tmp_path)
+    assert "warning: apply will stop before writing anything" in plan.stderr
+    assert "python -m training.train" in plan.stderr
+    result = rollout("apply", LOCAL, home=tmp_path)
+    assert result.returncode == 1
+    assert "nothing was written: model credit-risk version 1 is not registered" in result.stderr
+    assert not (tmp_path / "server.json").exists(), "no server was started"
+    status = rollout("status", "credit-risk-local", home=tmp_path)
+    assert "does not exist yet" in status.stdout
+
+
+def test_a_usage_error_exits_1_not_the_changes_pending_code(tmp_path):
+    result = rollout("plan", LOCAL, "--detailed-exitcode", "--no-such-flag", home=tmp_path)
+    assert result.returncode == 1

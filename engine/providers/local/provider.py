@@ -124,6 +124,20 @@ class LocalProvider:
 
     # ---- deployments
 
+    def check_deployable(self, request: DeploymentRequest) -> str:
+        """'' when `request` could be deployed here; otherwise what is missing and what to do.
+        Lets `plan` warn and `apply` refuse before anything is written."""
+        try:
+            resolve(self.home, request.model_name, request.model_version)
+        except RegistryError as exc:
+            return (
+                f"{exc} (e.g. `python -m training.train --home {self.home}`, which registers "
+                "the next version)"
+            )
+        if not (Path(request.model_dir) / "score.py").is_file():
+            return f"{request.model_dir} has no score.py (the scoring script with init() and run())"
+        return ""
+
     def create_deployment(self, endpoint: str, request: DeploymentRequest) -> None:
         operation = "create deployment"
         check_name("deployment", request.name, endpoint=endpoint, operation=operation)
