@@ -217,6 +217,7 @@ def status_data(desired: Desired, live: LiveEndpoint, plan: Plan, now: datetime)
         "version": JSON_VERSION,
         "endpoint": desired.endpoint,
         "exists": live.exists,
+        "scoring_uri": live.scoring_uri or None,
         "phase": state.phase.value if state.phase else None,
         "stable": state.stable,
         "candidate": state.candidate,
@@ -264,6 +265,8 @@ def render_status(data: dict[str, Any]) -> str:
         f"  traffic    {shares(data['traffic'])}",
         f"  mirror     {shares(data['mirror'])}",
     ]
+    if data.get("scoring_uri"):
+        lines.append(f"  scoring    {data['scoring_uri']}")
     step = data["step"]
     if step:
         left = step["bake_left_s"]
