@@ -20,7 +20,16 @@ from engine.live import DeploymentRequest, LiveDeployment, LiveEndpoint, Provisi
 from engine.plan import Action, ActionKind, Outcome, Plan
 from engine.spec import ApprovalStep, MirrorStep, ModelRollout, SequentialGate, Step, TrafficStep
 from engine.state import Lease as Lease  # re-exported for the reconciler
-from engine.state import Phase, RolloutState, StepRecord, decode, encode, format_time, has_state
+from engine.state import (
+    Phase,
+    RolloutState,
+    StepRecord,
+    damaged_tags,
+    decode,
+    encode,
+    format_time,
+    has_state,
+)
 
 MAX_CHAIN = 12
 
@@ -248,6 +257,13 @@ def decide(
         )
         return _plan(desired, Outcome.CHANGES, "create the endpoint", action)
 
+    damaged = damaged_tags(live.tags)
+    if damaged:
+        raise PlanError(
+            f"endpoint {desired.endpoint} carries rollout tags the engine cannot read: "
+            f"{', '.join(damaged)}; nothing was written. Repair them to match the live endpoint, "
+            "or remove every saferollout.* tag so that the endpoint is adopted afresh"
+        )
     state = replace(decode(live.tags), lease=None)
     plan = _decide_existing(desired, live, state, now, observed, command)
     if observed.gates and not plan.gates:

@@ -8,6 +8,7 @@ planner reports it, rather than crashing the pass.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -242,6 +243,49 @@ def decode(tags: dict[str, str]) -> RolloutState:
         retired=tuple(filter(None, (text("retired") or "").split(","))),
         lease=lease,
     )
+
+
+_NAME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{0,31}$")
+
+
+def damaged_tags(tags: dict[str, str]) -> list[str]:
+    """The engine's tags whose values it cannot read, as `key='value'` (empty when all read).
+
+    `decode` would read such a value as absent and the engine would then act on a wrong
+    picture (restart a rollout, forget a lease), so planning stops on any of them."""
+    p = STATE_TAG_PREFIX
+    checks = {
+        "phase": lambda v: v in Phase._value2member_map_,
+        "step": str.isdigit,
+        "step-started": lambda v: parse_time(v) is not None,
+        "started": lambda v: parse_time(v) is not None,
+        "promoted": lambda v: parse_time(v) is not None,
+        "stable": _NAME.match,
+        "candidate": _NAME.match,
+        "previous": _NAME.match,
+        "traffic": _is_map,
+        "mirror": _is_map,
+        "lease": lambda v: "@" in v and parse_time(v.rpartition("@")[2]) is not None,
+    }
+    found = []
+    for key, value in sorted(tags.items()):
+        if not key.startswith(p):
+            continue
+        name = key[len(p) :]
+        check = checks.get(name)
+        if check is None and name.startswith("step.") and name[5:].isdigit():
+            check = lambda v, i=int(name[5:]): _parse_step(i, v) is not None  # noqa: E731
+        if check is not None and value and not check(value):
+            found.append(f"{key}={value!r}")
+    return found
+
+
+def _is_map(text: str) -> bool:
+    for item in text.split(","):
+        name, sep, pct = item.partition("=")
+        if not (sep and _NAME.match(name) and pct.isdigit() and int(pct) <= 100):
+            return False
+    return True
 
 
 def has_state(tags: dict[str, str]) -> bool:

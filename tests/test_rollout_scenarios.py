@@ -6,6 +6,7 @@ that the engine never attempted a write the service would refuse.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -597,3 +598,42 @@ def test_the_previous_deployment_is_deleted_on_time_even_after_a_rollback(world)
     assert "errs: error_rate 0.5 > max 0.01" in result.final.summary, (
         "the reason outlives later writes"
     )
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        ("step", "banana"),
+        ("step-started", "yesterday"),
+        ("traffic", "a=b=c"),
+        ("phase", "Sideways"),
+        ("lease", "someone"),
+        ("stable", "not a name!"),
+        ("step.0", "passed|never"),
+    ],
+)
+def test_damaged_rollout_tags_stop_the_plan_and_nothing_is_written(world, tag, value):
+    provider, clock = world
+    stable_on_v7(provider, clock)
+    rec = reconciler(provider, clock)
+    rec.apply()
+    live = provider.endpoints["churn"]
+    provider.set_live("churn", tags={**live.tags, f"saferollout.{tag}": value})
+    revision = provider.endpoints["churn"].revision
+    with pytest.raises(PlanError, match=rf"saferollout\.{re.escape(tag)}="):
+        rec.apply()
+    assert provider.endpoints["churn"].revision == revision
+
+
+def test_every_tag_the_engine_writes_reads_back_undamaged(world):
+    from engine.state import damaged_tags
+
+    provider, clock = world
+    stable_on_v7(provider, clock)
+    rec = reconciler(provider, clock)
+    rec.apply()
+    for _ in range(5):
+        assert damaged_tags(provider.endpoints["churn"].tags) == []
+        bake(clock, 10.5)
+        rec.apply()
+    assert damaged_tags(provider.endpoints["churn"].tags) == []
