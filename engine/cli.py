@@ -262,7 +262,9 @@ def apply(
     wait: Annotated[
         bool, typer.Option("--wait", help="Repeat passes until the rollout ends.")
     ] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between passes with --wait.")] = 5.0,
+    interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between passes with --wait.")
+    ] = 5.0,
 ) -> None:
     """Run one reconcile pass (or, with --wait, passes until the rollout settles)."""
     if (target is None) == (saved is None):
@@ -453,13 +455,21 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind; loopback unless given.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8731,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8731,
 ) -> None:
-    """Run the local backend's data plane in the foreground."""
+    """Run the local backend's data plane in the foreground (Ctrl-C stops it)."""
     from engine.home import state_home
     from engine.providers.local.server import serve as run_server
 
-    run_server(state_home(), host=host, port=port)
+    home = state_home()
+    run_server(
+        home,
+        host=host,
+        port=port,
+        on_ready=lambda url: say(
+            f"serving {home} at {url} (endpoints at {url}/endpoints/NAME/score)"
+        ),
+    )
 
 
 @app.command()

@@ -625,7 +625,10 @@ def decide_step(
         return _promote(desired, live, closed, now, f"{why}, the last step")
 
     # Inconclusive after the bake: a timer running out never promotes.
-    unclear = [g.reason for g in gates if g.acts and g.verdict is Verdict.INCONCLUSIVE]
+    # Short on purpose: the reason is kept in a 256-character tag; the gate lines say the rest.
+    unclear = [
+        g.reason.split(" (gates[")[0] for g in gates if g.acts and g.verdict is Verdict.INCONCLUSIVE
+    ]
     detail = "; ".join(unclear)
     if spec.on_inconclusive == "rollback":
         return _fail(desired, live, state, now, observed, f"inconclusive after the bake: {detail}")

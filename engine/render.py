@@ -93,7 +93,8 @@ def progress_line(plan: Plan, now: datetime) -> str:
     gates = []
     for result in plan.gates:
         value = "" if result.value is None else f" {result.value:.4g}"
-        gates.append(f"{result.gate} {result.verdict.value}{value} ({result.requests} req)")
+        dry = ", dry run" if result.dry_run else ""
+        gates.append(f"{result.gate} {result.verdict.value}{value} ({result.requests} req{dry})")
     figures = f" | {'; '.join(gates)}" if gates else ""
     return f"{now:%H:%M:%S} {plan.summary}{figures}"
 
