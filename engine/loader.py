@@ -643,7 +643,11 @@ FIELDS: dict[str, FieldText] = {
     "apiVersion": FieldText("apiVersion is saferollout/v1", "apiVersion: saferollout/v1", "word"),
     "kind": FieldText("kind is ModelRollout", "kind: ModelRollout", "word"),
     "metadata": FieldText("metadata is a mapping with a name", "metadata: {name: NAME}", "map"),
-    "metadata.name": FieldText("metadata.name has 1 to 63 characters", "name: NAME"),
+    "metadata.name": FieldText(
+        "metadata.name has 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or "
+        "digit",
+        "name: NAME",
+    ),
     "spec": FieldText("spec is a mapping with target, model, steps and gates", "spec:", "map"),
     "spec.target": FieldText(
         "target is a mapping with provider and endpoint",
@@ -934,6 +938,9 @@ def _duration_hint(given: Any) -> str:
         return fallback
     seconds = 0.0
     for number, unit in parts:
+        if unit in ("ms", "msec", "msecs", "millisecond", "milliseconds"):
+            seconds += float(number) / 1000  # `500ms` is not 500 minutes
+            continue
         unit = unit.rstrip("s") if len(unit) > 1 else unit
         unit = {"second": "s", "minute": "min", "mi": "min", "hour": "h", "day": "d"}.get(
             unit, unit

@@ -99,7 +99,10 @@ class StrictModel(BaseModel):
 
 
 class Metadata(StrictModel):
-    name: Annotated[str, Field(min_length=1, max_length=63)]
+    # Printed in plans, comments and logs: plain words only, no control characters.
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ]
 
 
 class Workspace(StrictModel):

@@ -966,3 +966,15 @@ def test_importing_the_loader_stays_light():
     )
 
     assert result.stdout.strip() == ""
+
+
+def test_milliseconds_are_not_read_as_minutes_in_the_duration_hint():
+    (found,) = problems(variant(("  progress_deadline: 6h", "  progress_deadline: 500ms")))
+    assert "(got 500ms)" in found and "write 500m" not in found
+    (found,) = problems(variant(("  progress_deadline: 6h", "  progress_deadline: 2000ms")))
+    assert found.endswith("; write 2s")
+
+
+def test_a_metadata_name_with_control_characters_is_rejected():
+    (found,) = problems(variant(("  name: churn", '  name: "bad\\e[31mname"')))
+    assert "metadata.name" in found and "letters, digits" in found
