@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
@@ -32,13 +32,12 @@ from engine.live import (
 )
 from engine.names import is_valid_name
 from engine.providers.base import STATE_TAG_PREFIX
-from engine.providers.local.server import (
+from engine.providers.local.address import (
     DEPLOYMENT_HEADER,
     SERVER_FILE,
     SERVER_LOCK,
     read_server_file,
 )
-from engine.providers.local.source import LocalSource
 from engine.providers.local.store import (
     CODE_BAD_TAGS,
     CODE_INVALID_NAME,
@@ -50,6 +49,9 @@ from engine.providers.local.store import (
     new_uid,
 )
 from engine.registry import RegistryError, resolve
+
+if TYPE_CHECKING:
+    from engine.providers.local.source import LocalSource
 
 log = logging.getLogger("engine.providers.local")
 
@@ -221,6 +223,9 @@ class LocalProvider:
         )
 
     def gate_source(self, source: str, workspace_id: str | None) -> LocalSource:
+        # Imported here: numpy is only needed once a step's gates are measured.
+        from engine.providers.local.source import LocalSource
+
         if source != LocalSource.name:
             raise PermanentError(
                 f"the local provider has no gate source {source!r}: its requests are logged "

@@ -51,6 +51,12 @@ from filelock import FileLock, Timeout
 from engine.errors import PermanentError
 from engine.live import ProvisioningState
 from engine.names import is_valid_name
+from engine.providers.local.address import (
+    DEPLOYMENT_HEADER,
+    SERVER_FILE,
+    SERVER_LOCK,
+    read_server_file,
+)
 from engine.providers.local.requestlog import RequestLog
 from engine.providers.local.store import (
     KEYS_FILE,
@@ -63,9 +69,6 @@ from engine.providers.local.worker import SCORE_PATH, TOKEN_HEADER, describe_err
 
 log = logging.getLogger("engine.providers.local.server")
 
-SERVER_FILE = "server.json"
-SERVER_LOCK = "server.lock"
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 RESTART_DELAY_S = 0.5
@@ -708,14 +711,6 @@ async def _every(interval: float, body) -> None:
 
 
 # ---- running it ------------------------------------------------------------------------------
-
-
-def read_server_file(home: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((Path(home) / SERVER_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _raised_at(error: BaseException) -> str:
