@@ -47,9 +47,10 @@ import numpy as np
 from engine.spec import MinEffect
 
 # Mixture grids. Their shape trades the evidence needed at the smallest effect against the reach
-# to large ones; `benchmarks/detection` measures the result.
-_REGRESSION_SPAN = 32.0  # alternatives from min_effect to 32x min_effect
-_REGRESSION_POINTS = 11  # ... spaced by a factor of sqrt(2)
+# to large ones; `benchmarks/detection` measures the result. Weights fall as 1/ratio: large
+# regressions pile up evidence fast whatever their weight, small ones need it.
+_REGRESSION_SPAN = 16.0  # alternatives from min_effect to 16x min_effect
+_REGRESSION_POINTS = 9  # ... spaced by a factor of 2**0.5
 _NO_REGRESSION_POINTS = 6  # alternatives from min_effect/sqrt(2) down to min_effect/8
 # An additive min_effect is spread over the ratios it means for stable error rates from 0.1 %
 # to 50 %, since stable's rate is not known before the rollout.
@@ -116,7 +117,7 @@ def _bet_terms(
 
 
 def regression_grid(effect: MinEffect) -> tuple[np.ndarray, np.ndarray]:
-    """The ratios the regression test bets on, and their log weights (equal weights)."""
+    """The ratios the regression test bets on, and their log weights."""
     if effect.ratio is not None:
         steps = np.arange(_REGRESSION_POINTS) / (_REGRESSION_POINTS - 1)
         rhos = effect.ratio * _REGRESSION_SPAN**steps
@@ -124,7 +125,8 @@ def regression_grid(effect: MinEffect) -> tuple[np.ndarray, np.ndarray]:
         low, high = (1 + (effect.increase or 0) / rate for rate in reversed(_ADDITIVE_BASE_RATES))
         count = max(2, math.ceil(2 * math.log2((high - 1) / (low - 1))) + 1)
         rhos = 1 + (low - 1) * ((high - 1) / (low - 1)) ** (np.arange(count) / (count - 1))
-    return rhos, np.full(len(rhos), -math.log(len(rhos)))
+    weights = 1 / rhos
+    return rhos, np.log(weights / weights.sum())
 
 
 def log_evidence_of_regression(
