@@ -699,6 +699,19 @@ class Spec(StrictModel):
         return gates
 
     @model_validator(mode="after")
+    def _source_fits_provider(self) -> Spec:
+        source, provider = self.analysis.source, self.target.provider
+        if source and (source == "local") != (provider == "local"):
+            fits = "local" if provider == "local" else "azure-metrics or azure-logs"
+            violation = Violation(
+                ("analysis", "source"),
+                f"the {source} gate source cannot measure a {provider} endpoint",
+                f"write {fits}, or leave analysis.source out for the provider's default",
+            )
+            _raise_violations("Spec", [violation])
+        return self
+
+    @model_validator(mode="after")
     def _deployment_name_valid(self) -> Spec:
         settings = self.deployment.model_dump(mode="json")
         name = derive_deployment_name(self.model.name, self.model.version, settings)

@@ -978,3 +978,10 @@ def test_milliseconds_are_not_read_as_minutes_in_the_duration_hint():
 def test_a_metadata_name_with_control_characters_is_rejected():
     (found,) = problems(variant(("  name: churn", '  name: "bad\\e[31mname"')))
     assert "metadata.name" in found and "letters, digits" in found
+
+
+def test_a_gate_source_that_cannot_measure_the_provider_is_rejected_at_its_line():
+    (found,) = problems(variant(("    warmup: 1m", "    warmup: 1m\n    source: azure-logs")))
+    assert "spec.analysis.source" in found
+    assert "the azure-logs gate source cannot measure a local endpoint" in found
+    assert "write local" in found
