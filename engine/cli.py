@@ -124,14 +124,6 @@ def _open(loaded, *, announce: bool = False):  # -> (Reconciler, provider)
 PROVIDER_FACTORIES: dict[str, object] = {}
 
 
-def _deployable_problem(reconciler, live) -> str:
-    """What stops the manifest's deployment from being created, when it would be."""
-    check = getattr(reconciler.provider, "check_deployable", None)
-    if check is None or reconciler.desired.name in live.deployments:
-        return ""
-    return check(reconciler.desired.deployment)
-
-
 def open_provider(loaded, *, announce: bool = False):
     target = loaded.rollout.spec.target
     factory = PROVIDER_FACTORIES.get(target.provider)
@@ -207,6 +199,7 @@ def plan(
     """Show what `apply` would do now, without changing anything (a manifest or a folder)."""
     from engine.decide import plan_pass
     from engine.loader import load_paths
+    from engine.reconcile import deployable_problem
     from engine.render import plan_json, render_plan
 
     folder = Path(target).is_dir()
@@ -222,7 +215,7 @@ def plan(
         now = reconciler.clock.now()
         plans = plan_pass(reconciler.desired, live, now, reconciler.observe(live))
         changes = changes or any(p.actions for p in plans)
-        problem = _deployable_problem(reconciler, live)
+        problem = deployable_problem(reconciler.provider, reconciler.desired, live)
         if problem and any(a.deployment for p in plans for a in p.actions):
             say(f"warning: apply will stop before writing anything: {problem}")
         if out is not None:
@@ -284,13 +277,20 @@ def apply(
         )  # fmt: skip
     loaded = _load(target) if target is not None else loaded
     reconciler = _open(loaded)
-    problem = _deployable_problem(reconciler, reconciler.read())
-    if problem:
-        fail(f"nothing was written: {problem}")
-    reconciler = _open(loaded, announce=True)
     reconciler.on_event = lambda message: say(f"- {message}")
+    # The local backend is started only once the pass is about to act (or the endpoint is
+    # found managed), so a refused pass leaves nothing running.
+    reconciler.before_acting = lambda: _serve_in_background(reconciler.provider)
     code = _run_passes(reconciler, wait=wait, interval=interval)
     raise typer.Exit(code)
+
+
+def _serve_in_background(provider) -> None:
+    ensure = getattr(provider, "ensure_server", None)
+    if ensure is not None and ensure():
+        from engine.home import state_home
+
+        say(f"started the local backend in the background (state in {state_home()})")
 
 
 def _run_passes(reconciler, *, wait: bool, interval: float) -> int:
@@ -307,6 +307,8 @@ def _run_passes(reconciler, *, wait: bool, interval: float) -> int:
     while True:
         result = reconciler.apply()
         final = result.final
+        if final is not None and final.phase is not None:
+            _serve_in_background(reconciler.provider)  # a managed endpoint should be served
         if final is not None and wait and final.outcome is Outcome.WAITING:
             # One compact line per pass while following a rollout: step, bake left, gates.
             say(progress_line(final, reconciler.clock.now()))

@@ -278,6 +278,7 @@ class Reconciler:
     holder: str
     deployment_timeout_s: float = 600.0
     on_event: Callable[[str], None] = lambda message: None
+    before_acting: Callable[[], None] = lambda: None  # once a pass, before its first action
 
     _lease: Lease | None = None
 
@@ -303,6 +304,13 @@ class Reconciler:
         done: list[Plan] = []
         smoke: SmokeOutcome | None = None
         live = self.read()
+        problem = "" if command else deployable_problem(self.provider, self.desired, live)
+        if problem:
+            raise PermanentError(
+                f"endpoint {self.endpoint}: nothing was written: {problem}",
+                endpoint=self.endpoint,
+                operation="create deployment",
+            )
         measured: tuple[tuple[object, ...], Observations] | None = None
         try:
             for _ in range(MAX_TRANSITIONS):
@@ -315,6 +323,8 @@ class Reconciler:
                 plan = decide(self.desired, live, self.clock.now(), observed, command)
                 if not plan.actions:
                     return PassResult(self.endpoint, tuple(done), plan)
+                if not done:
+                    self.before_acting()
                 try:
                     live = self._take_lease(live, plan)
                 except _EndpointMoved as moved:
@@ -545,6 +555,15 @@ class Reconciler:
         return SmokeOutcome(
             deployment, True, f"status {result.status} in {result.latency_ms:.0f} ms"
         )
+
+
+def deployable_problem(provider: Provider, desired: Desired, live: LiveEndpoint) -> str:
+    """What stops the manifest's deployment from being created, when it would have to be.
+    Providers that can tell before writing (the local registry) offer `check_deployable`."""
+    check = getattr(provider, "check_deployable", None)
+    if check is None or desired.name in live.deployments:
+        return ""
+    return check(desired.deployment)
 
 
 def check_response_shape(body: bytes, model_dir: Path) -> str:
