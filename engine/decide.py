@@ -266,9 +266,31 @@ def decide(
         )
     state = replace(decode(live.tags), lease=None)
     plan = _decide_existing(desired, live, state, now, observed, command)
+    if not plan.actions and not state.is_empty:
+        plan = _restore_traffic_record(desired, live, state, plan)
     if observed.gates and not plan.gates:
         plan = replace(plan, gates=observed.gates)  # every plan shows the gates it was given
     return plan
+
+
+def _restore_traffic_record(
+    desired: Desired, live: LiveEndpoint, state: RolloutState, plan: Plan
+) -> Plan:
+    """Tags edited out of band so that they no longer describe the live traffic, while the
+    traffic itself is as the rollout wants it: write the record again, changing nothing else."""
+    traffic, mirror = live.live_traffic(), live.live_mirror()
+    if (state.traffic, state.mirror) == (traffic, mirror):
+        return plan
+    drift = (
+        f"the rollout tags record traffic {_shares(state.traffic)} and mirror "
+        f"{_shares(state.mirror)}, the endpoint has traffic {_shares(traffic)} and mirror "
+        f"{_shares(mirror)}"
+    )
+    reason = f"rewrite the rollout tags to describe the live endpoint: {drift}"
+    action = _update(desired, live, state, state, reason)
+    if action.state:  # the last decision stays what it was: only the record was repaired
+        action = replace(action, state=(state, replace(action.state[1], decision=state.decision)))
+    return _plan(desired, Outcome.CHANGES, reason, action, phase=state.phase, notes=(drift,))
 
 
 def _decide_existing(
