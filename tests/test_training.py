@@ -215,3 +215,13 @@ def test_cli_reports_bad_data_in_one_line_without_a_traceback(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing column(s): duration" in err
     assert "Traceback" not in err
+
+
+def test_a_seed_outside_what_the_libraries_take_is_refused_by_the_command(tmp_path, capsys):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--home", str(tmp_path), "--seed", "-1"])
+    assert stopped.value.code == 2
+    assert "outside 0..4294967295" in capsys.readouterr().err
+    assert not (tmp_path / "registry").exists()

@@ -233,7 +233,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--data", type=Path, help="a CSV with the German credit columns (default: bundled data)"
     )
     parser.add_argument("--variant", choices=list(VARIANTS), default="baseline")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0, help="0 to 4294967295")
     parser.add_argument(
         "--register",
         choices=["azureml"],
@@ -242,6 +242,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "in the manifest",
     )
     return parser.parse_args(argv)
+
+
+def _seed(text: str) -> int:
+    """A random seed as scikit-learn and numpy take it: a whole number in 0..2**32-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..4294967295")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
