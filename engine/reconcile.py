@@ -364,9 +364,16 @@ class Reconciler:
             # A read may lag behind a release that already happened: confirm before refusing.
             fresh = self.read()
             current = decode(fresh.tags).lease
-            if current and current.holder != self.holder and current.until > now:
+            held = current and current.holder != self.holder and current.until > now
+            if held and not self._abandoned(current.holder):
                 raise LeaseHeldError(self.endpoint, current.holder, format_time(current.until))
-            raise _EndpointMoved(fresh)
+            if not held:
+                raise _EndpointMoved(fresh)
+            log.warning(
+                "endpoint=%s taking over the lease of %s: that process is gone",
+                self.endpoint,
+                current.holder,
+            )
         lease = Lease(self.holder, now + LEASE_TTL)
         tags = {**encode(decode(live.tags)), **_lease_tag(lease)}
         write = EndpointWrite(live.live_traffic(), live.live_mirror(), tags)
@@ -390,6 +397,11 @@ class Reconciler:
             )
         self._lease = lease
         return after
+
+    def _abandoned(self, holder: str) -> bool:
+        """A local-backend lease whose holder process on this machine no longer exists (killed
+        with -9, say) need not be waited out; the revision check still guards the write."""
+        return getattr(self.provider, "name", "") == "local" and holder_process_gone(holder)
 
     def _release_lease(self) -> None:
         if not self._lease:
@@ -555,6 +567,21 @@ class Reconciler:
         return SmokeOutcome(
             deployment, True, f"status {result.status} in {result.latency_ms:.0f} ms"
         )
+
+
+def holder_process_gone(holder: str, host: str | None = None) -> bool:
+    """True when `holder` (`user@host:pid`) names a process of this host that has ended."""
+    where, _, pid = holder.rpartition(":")
+    holder_host = where.partition("@")[2]
+    if not pid.isdigit() or holder_host != (host or socket.gethostname()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists but belongs to someone else
+    return False
 
 
 def deployable_problem(provider: Provider, desired: Desired, live: LiveEndpoint) -> str:

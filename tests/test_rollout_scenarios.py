@@ -6,8 +6,13 @@ that the engine never attempted a write the service would refuse.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
@@ -637,3 +642,39 @@ def test_every_tag_the_engine_writes_reads_back_undamaged(world):
         bake(clock, 10.5)
         rec.apply()
     assert damaged_tags(provider.endpoints["churn"].tags) == []
+
+
+def _lease_tags(provider: FakeProvider, holder: str, clock: FakeClock) -> dict[str, str]:
+    from engine.state import format_time
+
+    until = clock.now() + timedelta(minutes=10)
+    return {
+        **provider.endpoints["churn"].tags,
+        "saferollout.lease": f"{holder}@{format_time(until)}",
+    }
+
+
+def test_a_local_lease_left_by_a_killed_process_on_this_machine_is_taken_over(world):
+    provider, clock = world
+    provider.name = "local"
+    stable_on_v7(provider, clock)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    holder = f"someone@{socket.gethostname()}:{ended.stdout.strip()}"
+    provider.set_live("churn", tags=_lease_tags(provider, holder, clock))
+    rec = reconciler(provider, clock)
+    rec.apply()
+    assert state(provider).candidate == rec.desired.name, "the pass acted"
+
+
+def test_a_lease_of_a_running_process_or_another_machine_is_respected(world):
+    from engine.errors import LeaseHeldError
+
+    provider, clock = world
+    provider.name = "local"
+    stable_on_v7(provider, clock)
+    for holder in (f"someone@{socket.gethostname()}:{os.getpid()}", "someone@elsewhere:1"):
+        provider.set_live("churn", tags=_lease_tags(provider, holder, clock))
+        with pytest.raises(LeaseHeldError, match=holder):
+            reconciler(provider, clock).apply()
