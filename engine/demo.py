@@ -4,7 +4,8 @@ Trains three versions of the credit-risk model on the German credit data (a base
 challenger, and one whose training silently dropped a loan purpose that real requests contain),
 starts the local backend in a fresh state directory, drives steady traffic built from real
 applicants, and rolls the versions out through the checked-in manifest: v1 becomes stable, v2
-walks every step and is promoted, v3 is caught by a gate and rolled back on its own.
+walks every step and is promoted, v3 is caught by the sequential error gate (candidate against
+stable, judged at every pass) and rolled back on its own.
 """
 
 from __future__ import annotations

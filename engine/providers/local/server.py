@@ -44,7 +44,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from filelock import FileLock, Timeout
 
@@ -57,6 +56,7 @@ from engine.providers.local.address import (
     SERVER_LOCK,
     read_server_file,
 )
+from engine.providers.local.forward import WorkerConnections, WorkerLost, WorkerUnreachable
 from engine.providers.local.requestlog import RequestLog
 from engine.providers.local.store import (
     KEYS_FILE,
@@ -409,6 +409,10 @@ def _reply(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=error_body(message), content_type="application/json")
 
 
+def _too_large(limit: int) -> web.Response:
+    return _reply(413, f"the request body is over the {limit // 1024} KiB limit")
+
+
 class LocalServer:
     def __init__(self, home: Path, settings: ServerSettings | None = None):
         self.home = Path(home)
@@ -422,7 +426,9 @@ class LocalServer:
         self.mirror_shed = 0
         self._mirror_tasks: set[asyncio.Task] = set()
         self._file_ids: tuple = ()
-        self._session: aiohttp.ClientSession | None = None
+        # No pool-wide connection limit: a slow deployment holding connections must not make
+        # requests to the others wait. `max_pending` bounds each deployment instead.
+        self._workers = WorkerConnections()
         self._background: list[asyncio.Task] = []
 
     # -- application
@@ -439,11 +445,6 @@ class LocalServer:
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
-        # No pool-wide connection limit: a slow deployment holding connections must not make
-        # requests to the others wait. `max_pending` bounds each deployment instead.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
-        )
         await self.refresh()
         for loop_body, interval in (
             (self.refresh, self.settings.poll_interval_s),
@@ -460,7 +461,7 @@ class LocalServer:
             task.cancel()
         await asyncio.gather(*self._mirror_tasks, return_exceptions=True)
         await self.pool.stop_all()
-        await self._session.close()
+        self._workers.close()
         await asyncio.to_thread(self.requests.flush)
 
     @web.middleware
@@ -622,13 +623,13 @@ class LocalServer:
 
     async def _read_body(self, request: web.Request) -> tuple[bytes, web.Response | None]:
         limit = self.settings.max_body_bytes
-        too_large = _reply(413, f"the request body is over the {limit // 1024} KiB limit")
         if request.content_length is not None and request.content_length > limit:
-            return b"", too_large
+            return b"", _too_large(limit)
         try:
-            body = await asyncio.wait_for(request.read(), self.settings.client_timeout_s)
+            async with asyncio.timeout(self.settings.client_timeout_s):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return b"", too_large
+            return b"", _too_large(limit)
         except TimeoutError:
             return b"", _reply(
                 408, f"the request body did not arrive within {self.settings.client_timeout_s:g} s"
@@ -657,22 +658,19 @@ class LocalServer:
         slot.pending += 1
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
-                async with self._session.post(
-                    f"http://127.0.0.1:{slot.port}{SCORE_PATH}",
-                    data=body,
-                    headers={TOKEN_HEADER: slot.token},
-                ) as answer:
-                    return answer.status, await answer.read()
+                return await self._workers.post(
+                    slot.port, SCORE_PATH, {TOKEN_HEADER: slot.token}, body
+                )
         except TimeoutError:
             message = (
                 f"deployment {deployment} did not answer within "
                 f"{self.settings.request_timeout_s:g} s (request_timeout_ms)"
             )
             return 408, error_body(message)
-        except aiohttp.ClientConnectorError:
+        except WorkerUnreachable:
             message = f"deployment {deployment} is not ready: its worker is not accepting requests"
             return 503, error_body(message)
-        except aiohttp.ClientError:
+        except WorkerLost:
             message = f"the worker of deployment {deployment} exited while scoring"
             return 502, error_body(message)
         finally:
