@@ -312,6 +312,7 @@ class Reconciler:
                 operation="create deployment",
             )
         measured: tuple[tuple[object, ...], Observations] | None = None
+        waited = False
         try:
             for _ in range(MAX_TRANSITIONS):
                 # Gates are queried once per step window and pass: a second query in the same
@@ -322,6 +323,15 @@ class Reconciler:
                 observed = replace(measured[1], smoke=smoke)
                 plan = decide(self.desired, live, self.clock.now(), observed, command)
                 if not plan.actions:
+                    pending = live.deployments.get(self.desired.name)
+                    if pending and not pending.state.is_settled and not waited:
+                        # Created by an earlier run that stopped before it was ready: wait for
+                        # it here, as a create in this pass would have, then carry on.
+                        waited = True
+                        live = self.provider.wait_for_deployment(
+                            self.endpoint, pending.name, self.deployment_timeout_s
+                        )
+                        continue
                     return PassResult(self.endpoint, tuple(done), plan)
                 if not done:
                     self.before_acting()
