@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.decide import Desired, manifest_warnings, step_label
+from engine.decide import Desired, manifest_warnings
 from engine.durations import format_duration
 from engine.gates import format_value
 from engine.plan import Action, ActionKind, Plan
-from engine.render import TITLES, gate_json, shares
+from engine.render import TITLES, gate_json, shares, step_text
 from engine.spec import Gate, Metric
-from engine.state import RolloutState
 
 ICONS = {
     ActionKind.CREATE_ENDPOINT: "➕",
@@ -124,14 +123,6 @@ def gates_table(gates: Sequence[dict[str, Any]]) -> list[str]:
 # Plans
 
 
-def _step_text(state: RolloutState, desired: Desired) -> str | None:
-    steps = desired.rollout.spec.steps
-    if state.step is None or not steps:
-        return None
-    index = min(state.step, len(steps) - 1)
-    return f"{index + 1}/{len(steps)} ({step_label(steps[index])})"
-
-
 def _changes(action: Action, desired: Desired) -> list[str]:
     changes = []
     if action.traffic and action.traffic[0] != action.traffic[1]:
@@ -145,7 +136,7 @@ def _changes(action: Action, desired: Desired) -> list[str]:
             ("stable", before.stable, after.stable),
             ("candidate", before.candidate, after.candidate),
             ("previous", before.previous, after.previous),
-            ("step", _step_text(before, desired), _step_text(after, desired)),
+            ("step", step_text(before, desired), step_text(after, desired)),
         ):
             if old != new:
                 changes.append(f"{label} {old or '–'} → {new or '–'}")

@@ -48,14 +48,14 @@ def _state_changes(before: RolloutState, after: RolloutState, desired: Desired) 
         ("stable", before.stable, after.stable),
         ("candidate", before.candidate, after.candidate),
         ("previous", before.previous, after.previous),
-        ("step", _step_text(before, desired), _step_text(after, desired)),
+        ("step", step_text(before, desired), step_text(after, desired)),
     ):
         if old != new:
             lines.append(f"{label:<9} {old or '-'} -> {new or '-'}")
     return lines
 
 
-def _step_text(state: RolloutState, desired: Desired) -> str | None:
+def step_text(state: RolloutState, desired: Desired) -> str | None:
     steps = desired.rollout.spec.steps
     if state.step is None or not steps:
         return None
