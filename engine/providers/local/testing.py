@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,41 @@ def deploy(
         live = provider.wait_for_deployment(endpoint, name, timeout_s)
     write = EndpointWrite(traffic=traffic, mirror=mirror or {}, tags={})
     return provider.update_endpoint(endpoint, write, expected_revision=live.revision)
+
+
+class CountingProvider:
+    """Wraps a provider and counts its calls by method name, for tests and benchmarks that
+    check how many reads and writes a pass makes (`calls`, `reads`, `writes`)."""
+
+    READS = ("read_endpoint",)
+    WRITES = ("create_endpoint", "update_endpoint", "create_deployment", "delete_deployment")
+
+    def __init__(self, inner: object):
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def reads(self) -> int:
+        return sum(self.calls[m] for m in self.READS)
+
+    @property
+    def writes(self) -> int:
+        return sum(self.calls[m] for m in self.WRITES)
+
+    def __getattr__(self, attribute: str) -> object:
+        value = getattr(self.inner, attribute)
+        if attribute.startswith("_") or not callable(value):
+            return value
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls[attribute] += 1
+            return value(*args, **kwargs)
+
+        return counted
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> object:
