@@ -1,6 +1,6 @@
 """The reliability soak: the suite's crash, fault and mutation tests at a larger scale.
 
-    .venv/bin/python -m benchmarks.soak                  # 1,000 seeded rollouts, ~5 minutes
+    .venv/bin/python -m benchmarks.soak                  # 1,000 seeded rollouts, ~3 minutes
     .venv/bin/python -m benchmarks.soak --seeds 100      # a quicker look
 
 It runs, on the in-memory provider that enforces Azure's rules (every write checked against

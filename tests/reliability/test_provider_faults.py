@@ -37,7 +37,7 @@ SEEDS = range(60)
 # pass believe it is still waiting (the next pass corrects it), so a run with faults may be a
 # tick behind when the story ends; the quiet tick lets what is due happen in both runs.
 STORY = [tick for _, ticks in PHASES.values() for tick in ticks] + [Tick(31, BAD)]
-FIGURES = {"rollouts": 0, "faults": 0, "passes stopped": 0}
+FIGURES = {"rollouts": 0, "faults": 0, "passes stopped": 0, "permanent faults": 0}
 
 
 class SleepingClock(FakeClock):
@@ -205,6 +205,7 @@ def test_a_permanent_fault_at_any_call_stops_the_pass_with_a_clear_message_and_t
                 assert decode(world.live().tags).lease is None, "released before stopping"
                 # The next scheduled pass, once the role is back.
                 world.reconciler(tick).apply(_pending(world, tick))
+        FIGURES["permanent faults"] += 1
         where = f"{phase}, permanent fault at call {at} ({failing.failed}): {messages}"
         assert failing.failed is not None, where
         assert world.ledger.violations == [], where
