@@ -41,12 +41,14 @@ from engine.state import Phase, RolloutState, encode
 ENDPOINT = "fleet-000"
 STABLE = "credit-risk-1-bench"
 TARGET_MS = 100.0
+WARMUP_S = 60.0  # past the manifest's 30 s warm-up: every logged request is in the window
 
 
 def _fill(home: Path, deployment: str, count: int, start: float, seed: int) -> np.ndarray:
-    """Log `count` requests of `deployment` spread over the hour after `start`."""
+    """Log `count` requests of `deployment` spread over the hour after `start`, past the
+    step's warm-up."""
     rng = np.random.default_rng(seed)
-    times = start + np.sort(rng.uniform(1.0, 3600.0, count))
+    times = start + np.sort(rng.uniform(WARMUP_S, 3600.0, count))
     latency = rng.lognormal(mean=3.0, sigma=0.5, size=count).astype(np.float32)
     status = np.where(rng.random(count) < 0.02, 502, 200).astype(np.uint16)
     log = RequestLog(home)
