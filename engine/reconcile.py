@@ -342,11 +342,22 @@ class Reconciler:
                     # a write that just ended): decide again on the endpoint as it is now.
                     live = moved.live
                     continue
-                command = None  # an operator command is one transition
+                given, command = command, None  # an operator command is one transition
                 smoke = None
-                for action in plan.actions:
-                    live, outcome = self._perform(action, live)
-                    smoke = outcome or smoke
+                try:
+                    for action in plan.actions:
+                        live, outcome = self._perform(action, live)
+                        smoke = outcome or smoke
+                except ConflictError:
+                    # Under this run's own lease the endpoint still moved: a read lagged behind a
+                    # write, or someone edited it by hand. Decide again on it as it is, unless
+                    # this was an operator's command, which the operator should see first.
+                    fresh = self.read()
+                    lease = decode(fresh.tags).lease
+                    if given is not None or not lease or lease.holder != self.holder:
+                        raise
+                    live = fresh
+                    continue
                 done.append(plan)
                 if plan.outcome in (Outcome.ROLLED_BACK, Outcome.FAILED):
                     live = self.read()

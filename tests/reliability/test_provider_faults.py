@@ -297,3 +297,49 @@ def _with_lease_of(live, holder: str, now):
     state = copy(decode(live.tags), lease=Lease(holder, now + LEASE_TTL))
     other = {k: v for k, v in live.tags.items() if not k.startswith("saferollout.")}
     return copy(live, tags={**other, **encode(state)})
+
+
+def test_a_read_after_a_delete_that_lags_behind_it_does_not_stop_the_cleanup():
+    world = World()
+    world.run(PHASES["cleanup"][0])
+    world.clock.advance(31 * 60)
+    previous = decode(world.live().tags).previous
+    # The pass reads, takes the lease, reads again, deletes the previous deployment, and the
+    # read after the delete still shows it: the write that forgets it is based on that read.
+    lagging = Scripted(world.checked, {("read_endpoint", 3): "stale-read"})
+
+    world.reconciler(Tick(), lagging).apply()
+
+    assert ("read_endpoint", 3, "stale-read") in lagging.done
+    state = decode(world.live().tags)
+    assert previous not in world.live().deployments and state.previous is None
+    assert state.lease is None
+    assert world.ledger.violations == []
+
+
+def test_an_operator_command_whose_write_conflicts_is_not_given_again_by_itself():
+    world = World()
+    world.run(PHASES["promotion"][0] + PHASES["promotion"][1][:3])  # waiting for approval
+    # The lease write goes through; the promote write meets an edit made meanwhile.
+    edited = Scripted(world.checked, {})
+    step = decode(world.live().tags).step
+
+    class EditBeforeSecondWrite:
+        def __init__(self, inner):
+            self.inner, self.name, self.writes = inner, inner.name, 0
+
+        def update_endpoint(self, endpoint, write, *, expected_revision):
+            self.writes += 1
+            if self.writes == 2:
+                world.fake.set_live(endpoint, tags=dict(world.fake.endpoints[endpoint].tags))
+            return self.inner.update_endpoint(endpoint, write, expected_revision=expected_revision)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with pytest.raises(PermanentError, match="changed"):
+        world.reconciler(Tick(command="promote"), EditBeforeSecondWrite(edited)).apply(
+            command(Tick(command="promote"))
+        )
+    assert decode(world.live().tags).step == step, "the operator decides whether to promote again"
+    assert world.ledger.violations == []
