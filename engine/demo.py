@@ -213,6 +213,14 @@ def render_summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _figure(result) -> str:
+    """A gate's value as people read it: `ratio 1.2 to stable` or `p99 48.8`."""
+    kind = result.bound[0] if result.bound else ""
+    if kind == "max_ratio_to_stable":
+        return f"{result.value:.3g}x stable"
+    return f"{result.value:.4g}"
+
+
 def _roll_out(
     reconciler: Reconciler,
     pace: Pace,
@@ -237,7 +245,7 @@ def _roll_out(
             last_status = time.monotonic()
             figures = "; ".join(
                 f"{g.gate} {g.verdict.value}"
-                + (f" ({g.value:.4g} over {g.requests})" if g.value is not None else "")
+                + (f" ({_figure(g)} over {g.requests} requests)" if g.value is not None else "")
                 for g in final.gates
             )
             say(f"    … {final.summary}" + (f" | {figures}" if figures else ""))
@@ -327,10 +335,11 @@ def run_demo(
         failed_gate = next(
             (g for g in (final.gates if final else ()) if g.verdict.is_failure), None
         )
-        report.rollback_reason = state.decision.partition(": ")[2]
+        # The plan's own reason: the tag copy is cut at Azure's 256 characters.
+        report.rollback_reason = final.summary if final else state.decision.partition(": ")[2]
         report.rollback_gate = failed_gate.gate if failed_gate else ""
         if outcome is Outcome.ROLLED_BACK:
-            say(f"   v3 was rolled back automatically ({state.decision.partition(': ')[2]})")
+            say(f"   v3 was rolled back automatically: {report.rollback_reason}")
             say(f"   live traffic now: {live.live_traffic()}")
         else:
             say(f"   v3 was not rolled back: {final.summary if final else outcome}")

@@ -92,7 +92,8 @@ def progress_line(plan: Plan, now: datetime) -> str:
     """`10:42:31 step 2/4 (traffic 10%): baking, 12s left | errs passed 0.002 (85 req)`."""
     gates = []
     for result in plan.gates:
-        value = "" if result.value is None else f" {result.value:.4g}"
+        ratio = result.bound is not None and result.bound[0] == "max_ratio_to_stable"
+        value = "" if result.value is None else f" {result.value:.4g}{'x stable' if ratio else ''}"
         dry = ", dry run" if result.dry_run else ""
         gates.append(f"{result.gate} {result.verdict.value}{value} ({result.requests} req{dry})")
     figures = f" | {'; '.join(gates)}" if gates else ""
