@@ -321,7 +321,6 @@ def test_an_operator_command_whose_write_conflicts_is_not_given_again_by_itself(
     world = World()
     world.run(PHASES["promotion"][0] + PHASES["promotion"][1][:3])  # waiting for approval
     # The lease write goes through; the promote write meets an edit made meanwhile.
-    edited = Scripted(world.checked, {})
     step = decode(world.live().tags).step
 
     class EditBeforeSecondWrite:
@@ -338,7 +337,7 @@ def test_an_operator_command_whose_write_conflicts_is_not_given_again_by_itself(
             return getattr(self.inner, name)
 
     with pytest.raises(PermanentError, match="changed"):
-        world.reconciler(Tick(command="promote"), EditBeforeSecondWrite(edited)).apply(
+        world.reconciler(Tick(command="promote"), EditBeforeSecondWrite(world.checked)).apply(
             command(Tick(command="promote"))
         )
     assert decode(world.live().tags).step == step, "the operator decides whether to promote again"
