@@ -44,7 +44,16 @@ TARGET_MS = 100.0
 WARMUP_S = 60.0  # past the manifest's 30 s warm-up: every logged request is in the window
 
 
-def _fill(home: Path, deployment: str, count: int, start: float, seed: int) -> np.ndarray:
+def _fill(
+    home: Path,
+    deployment: str,
+    count: int,
+    start: float,
+    seed: int,
+    *,
+    mirrored: bool = False,
+    endpoint: str = ENDPOINT,
+) -> np.ndarray:
     """Log `count` requests of `deployment` spread over the hour after `start`, past the
     step's warm-up."""
     rng = np.random.default_rng(seed)
@@ -53,7 +62,7 @@ def _fill(home: Path, deployment: str, count: int, start: float, seed: int) -> n
     status = np.where(rng.random(count) < 0.02, 502, 200).astype(np.uint16)
     log = RequestLog(home)
     for t, ms, code in zip(times.tolist(), latency.tolist(), status.tolist(), strict=True):
-        log.record(ENDPOINT, deployment, code, ms, t=t)
+        log.record(endpoint, deployment, code, ms, mirrored=mirrored, t=t)
     log.flush()
     return latency
 
