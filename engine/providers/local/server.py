@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -760,6 +761,10 @@ async def _run(home: Path, host: str, port: int, settings: ServerSettings, on_re
             operation="serve",
         ) from None
     await web.SockSite(runner, sock).start()
+    # What start-up built lives as long as the process: set it aside from the cyclic garbage
+    # collector, whose full passes over it would otherwise pause a request now and then.
+    gc.collect()
+    gc.freeze()
     bound_port = sock.getsockname()[1]
     url = server_url(host, bound_port)
     record = {
