@@ -111,11 +111,20 @@ class Sample:
     value: float
 
 
+# The `RequestsPerMinute` dimensions of each kind of answer that `FakeAzure.serve` records.
+ANSWERED = {"statusCodeClass": "2xx", "statusCode": "200", "modelStatusCode": "200"}
+PLATFORM_ERROR = {"statusCodeClass": "5xx", "statusCode": "500"}
+MODEL_ERROR = {"statusCodeClass": "4xx", "statusCode": "424", "modelStatusCode": "500"}
+
+
 @dataclass(frozen=True)
 class Behaviour:
     """How a deployment answers the simulated client traffic of `FakeAzure.serve`."""
 
-    error_rate: float = 0.0  # share of requests answered 5xx
+    error_rate: float = 0.0  # share of requests the platform answers 500
+    # Share of requests whose scoring script raises: the inference server's 500, which a managed
+    # endpoint answers as 424 with the model's status in `modelStatusCode`.
+    model_error_rate: float = 0.0
     latency_ms: tuple[float, float, float, float] = (30.0, 60.0, 75.0, 95.0)  # p50/p90/p95/p99
     cpu_percent: float = 35.0
     memory_percent: float = 42.0
@@ -173,9 +182,10 @@ class FakeAzure:
         self.scoring_default: tuple[int, bytes] = (200, b"[0.12]")  # any deployment not in scoring
         # Answers a scoring call instead of `scoring`: (endpoint, deployment, body) -> answer.
         self.scorer: Callable[[str, str, bytes], tuple[int, bytes]] | None = None
-        # Canned metric answers by (resource id, metric name), lower-cased; a metric not here is
+        # Canned metric answers by (resource id, metric name), lower-cased: the `timeseries`, or
+        # a function of the request's query parameters that returns them. A metric not here is
         # answered from `samples`, which `serve()` fills from simulated client traffic.
-        self.metrics: dict[tuple[str, str], list[dict]] = {}
+        self.metrics: dict[tuple[str, str], list[dict] | Callable[[dict[str, str]], list]] = {}
         self.samples: list[Sample] = []
         self.behaviour: dict[str, Behaviour] = {}
         # The invariants, checked after every request that changed an endpoint (see `_check`).
@@ -240,8 +250,10 @@ class FakeAzure:
         """One minute of client traffic: `requests` live requests split by the endpoint's
         traffic as it stands now, plus the copies its mirror setting sends to the shadow
         deployment. Each deployment answers as its `behaviour` says, and Azure Monitor records
-        it: `RequestsPerMinute` by deployment and status code class, latency percentiles by
-        deployment, and each deployment's CPU and memory utilisation."""
+        it: `RequestsPerMinute` by deployment, status code class, status code and model status
+        code (200 and 200; a platform 500 with no model status; a failing script's 424 with the
+        model's 500), latency percentiles by deployment, and each deployment's CPU and memory
+        utilisation."""
         with self.lock:
             props = self.endpoints[endpoint]["properties"]
             shares = [(d, pct) for d, pct in props["traffic"].items() if pct]
@@ -252,11 +264,17 @@ class FakeAzure:
                 how = self.behaviour.get(deployment, Behaviour())
                 count = requests * pct // 100
                 errors = round(count * how.error_rate)
-                for status_class, n in (("2xx", count - errors), ("5xx", errors)):
+                model_errors = round(count * how.model_error_rate)
+                answers = (
+                    (count - errors - model_errors, ANSWERED),
+                    (errors, PLATFORM_ERROR),
+                    (model_errors, MODEL_ERROR),
+                )
+                for n, statuses in answers:
                     if n:
                         self._sample(
                             endpoint_id, "RequestsPerMinute", at, n,
-                            deployment=deployment, statusCodeClass=status_class,
+                            deployment=deployment, **statuses,
                         )  # fmt: skip
                 for percentile, value in zip((50, 90, 95, 99), how.latency_ms, strict=True):
                     self._sample(
@@ -779,6 +797,8 @@ class FakeAzure:
         value = []
         for name in names:
             series = self.metrics.get((res.lower(), name.lower()))
+            if callable(series):
+                series = series(request.query)
             if series is None:
                 series = self._aggregated(res.lower(), name, request.query)
             value.append(metric_body(res, name, series, request.query.get("interval", "PT1M")))
@@ -798,7 +818,8 @@ class FakeAzure:
         """`timeseries` for one metric from `samples`, as Azure Monitor answers: points of the
         timespan's minutes (start included, end not), one series per value of each dimension
         the filter names (`dim eq 'value'` or `dim eq '*'`), other dimensions summed over,
-        dimension names lower-cased, and a minute without data carrying only its timeStamp."""
+        dimension names lower-cased, a minute without data carrying only its timeStamp, and with
+        a filter no more than `top` series (ten unless the query says)."""
         try:
             first, last = (datetime.fromisoformat(t) for t in query["timespan"].split("/"))
         except (KeyError, ValueError):
@@ -842,9 +863,12 @@ class FakeAzure:
 
         count = int((last - first) / timedelta(minutes=1))
         minutes = [first + timedelta(minutes=i) for i in range(count)]
+        found = sorted(groups.items())
+        if clauses:
+            found = found[: int(query.get("top", 10))]
         return [
             series_of(dict(key), [point(m, by_minute.get(m)) for m in minutes])
-            for key, by_minute in sorted(groups.items())
+            for key, by_minute in found
         ]
 
     def _logs(self, request: Recorded, ws: str) -> Response:

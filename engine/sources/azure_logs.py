@@ -2,10 +2,17 @@
 
 Called by the gate evaluator through `GateSource.measure`. One KQL query over
 `AmlOnlineEndpointTrafficLog` (present once a diagnostic setting sends it to the workspace, see
-docs/azure.md) counts every logged request of the deployment in the window: requests, 5xx and
-non-2xx exactly, latency percentiles of `TotalDurationMs` by KQL's `percentiles()` (a t-digest
-estimate, close to exact at these volumes). A partial result is an error of the source, never a
-smaller sample.
+docs/azure.md) counts every logged request of the deployment in the window: requests, server
+errors and non-2xx exactly, latency percentiles of `TotalDurationMs` by KQL's `percentiles()` (a
+t-digest estimate, close to exact at these volumes). A partial result is an error of the source,
+never a smaller sample.
+
+Server errors are the rows whose `ResponseCode` is 5xx, plus the rows answered 424 whose
+`ModelStatusCode` is 5xx: a managed endpoint answers 424 when the model's own answer was not 200
+and logs the model's status in that column, so a scoring script that raises shows up as 424 with
+model status 500. A 424 for a model's 4xx stays a client error, and so does a row without a
+model status. Both columns are `int` in the table reference, while its sample queries compare
+`ResponseCode` with text: `toint()` reads either.
 
 Mirrored requests carry no mark in the log: Azure logs a mirrored copy under the shadow
 deployment's name. Since a deployment never has live and mirrored traffic at once, the
@@ -24,6 +31,7 @@ from engine.errors import PermanentError, SourceError
 from engine.providers.base import Measurement, Window
 
 TABLE = "AmlOnlineEndpointTrafficLog"
+MODEL_ERROR_STATUS = 424  # the endpoint's answer when the model's own answer was not 200
 PERCENTILES = (50, 90, 95, 99)
 INGESTION_DELAY_S = 300.0  # Log Analytics typically makes rows queryable within a few minutes
 WORKSPACE_ENV = "AZURE_LOG_ANALYTICS_WORKSPACE_ID"
@@ -46,9 +54,10 @@ def build_query(endpoint: str, window: Window) -> str:
             f"| where TimeGenerated >= {_kql_time(window.start)}"
             f" and TimeGenerated < {_kql_time(window.end)}",
             f"| where EndpointName =~ {_kql_string(endpoint)}",
-            "| extend Code = toint(ResponseCode)",
+            "| extend Code = toint(ResponseCode), ModelCode = toint(ModelStatusCode)",
             "| summarize Requests = count(),",
-            "    ServerErrors = countif(Code >= 500 and Code <= 599),",
+            "    ServerErrors = countif((Code >= 500 and Code <= 599)"
+            f" or (Code == {MODEL_ERROR_STATUS} and ModelCode >= 500 and ModelCode <= 599)),",
             "    Non2xx = countif(isnull(Code) or Code < 200 or Code > 299),",
             f"    percentiles(TotalDurationMs, {percentiles})",
             "    by DeploymentName",

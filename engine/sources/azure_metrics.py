@@ -1,12 +1,26 @@
 """Gate source `azure-metrics`: Azure Monitor platform metrics of a managed online endpoint.
 
 Called by the gate evaluator through `GateSource.measure`. Three `metrics.list` calls per
-measurement (azure-mgmt-monitor, the same ARM token as MLClient):
+measurement, a fourth when the window holds answers that are neither 2xx nor 5xx
+(azure-mgmt-monitor, the same ARM token as MLClient):
 
 - endpoint `RequestsPerMinute`, total per minute, filtered to the deployment and split by
-  `statusCodeClass`: requests, 5xx (`server_errors`) and everything but 2xx (`non_2xx`);
+  `statusCodeClass`: requests, 5xx and everything but 2xx (`non_2xx`);
+- the model errors hidden in the 4xx: a managed endpoint answers 424 when the model's own answer
+  was not 200 and keeps that status in the `modelStatusCode` dimension, so a scoring script that
+  raises reaches the client as 424 with model status 500. The fourth call reads
+  `RequestsPerMinute` filtered to the deployment and `statusCode` 424, split by
+  `modelStatusCode`, and `server_errors` is the 5xx answers plus the 424 answers to a model's
+  5xx (a 424 for a model's 4xx, or for a response too large, stays a client error). A 424 is a
+  4xx, so a window of 2xx and 5xx answers only has none and the call is skipped;
 - endpoint `RequestLatency_P50/P90/P95/P99`, per minute, filtered to the deployment;
 - deployment `CpuUtilizationPercentage` and `CpuMemoryUtilizationPercentage`.
+
+The model errors are a query of their own rather than a split of the first one by status code
+and model status: the first stays a handful of series whatever the model answers, and a healthy
+window costs no extra call. A query with a `$filter` returns at most `top` series, ten unless
+told otherwise: both request queries ask for `SERIES_LIMIT`, and an answer that fills it is an
+error of the source, never a smaller count.
 
 Per-minute percentiles cannot be combined into a true window percentile (that needs the
 requests themselves). The window value is the *maximum* of the per-minute values: never below
@@ -44,6 +58,8 @@ LATENCY_METRICS = {
 }
 CPU_METRIC = "CpuUtilizationPercentage"
 MEMORY_METRIC = "CpuMemoryUtilizationPercentage"
+MODEL_ERROR_STATUS = "424"  # the endpoint's answer when the model's own answer was not 200
+SERIES_LIMIT = 100  # `top` of the request queries: series per answer, far above what they split
 INGESTION_DELAY_S = 180.0
 MINUTE = timedelta(minutes=1)
 
@@ -55,6 +71,8 @@ class Dimensions:
 
     deployment: str = "deployment"
     status_class: str = "statusCodeClass"
+    status_code: str = "statusCode"
+    model_status: str = "modelStatusCode"
 
 
 # -- pure parts ---------------------------------------------------------------------------------
@@ -119,13 +137,29 @@ def _points(data: Iterable[Mapping[str, Any]], aggregation: str) -> list[float]:
     return [float(p[aggregation]) for p in data if p.get(aggregation) is not None]
 
 
+def _counted(response: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The `RequestsPerMinute` metric of an answer, refused when it may have been cut short."""
+    metric = _metric(response, REQUESTS_METRIC)
+    if metric is not None and len(metric.get("timeseries") or []) >= SERIES_LIMIT:
+        raise SourceError(
+            f"azure-metrics: {REQUESTS_METRIC}: {SERIES_LIMIT} series or more in one answer; "
+            "the service may have left some out, so the counts would be too low"
+        )
+    return metric
+
+
+def _is_server_status(value: str) -> bool:
+    code = value.strip()
+    return len(code) == 3 and code.isdigit() and code[0] == "5"
+
+
 def parse_requests(
     response: Mapping[str, Any], deployment: str, dims: Dimensions = Dimensions()
 ) -> tuple[int, int, int]:
     """(requests, 5xx, non-2xx) of `deployment` from a `RequestsPerMinute` answer split by
     status code class; minutes are summed."""
     total = server = non_2xx = 0
-    for values, data in _series_for(_metric(response, REQUESTS_METRIC), deployment, dims):
+    for values, data in _series_for(_counted(response), deployment, dims):
         count = int(round(sum(_points(data, "total"))))
         status_class = values.get(dims.status_class.lower(), "").lower()
         total += count
@@ -134,6 +168,23 @@ def parse_requests(
         if status_class != "2xx":
             non_2xx += count
     return total, server, non_2xx
+
+
+def parse_model_errors(
+    response: Mapping[str, Any], deployment: str, dims: Dimensions = Dimensions()
+) -> int:
+    """Requests of `deployment` answered 424 whose model answered 5xx, from a
+    `RequestsPerMinute` answer filtered to status code 424 and split by model status code;
+    minutes are summed. A series without a model status is not counted: nothing says the model
+    failed."""
+    errors = 0
+    for values, data in _series_for(_counted(response), deployment, dims):
+        status = values.get(dims.status_code.lower())
+        if status is not None and status.strip() != MODEL_ERROR_STATUS:
+            continue  # the filter already asked for 424 only
+        if _is_server_status(values.get(dims.model_status.lower(), "")):
+            errors += int(round(sum(_points(data, "total"))))
+    return errors
 
 
 def parse_latency(
@@ -212,7 +263,13 @@ class AzureMetricsSource:
         return self._client
 
     def _list(
-        self, resource_id: str, span: str, names: list[str], aggregation: str, filter: str | None
+        self,
+        resource_id: str,
+        span: str,
+        names: list[str],
+        aggregation: str,
+        filter: str | None,
+        top: int | None = None,
     ) -> Mapping[str, Any]:
         from azure.core.exceptions import AzureError
 
@@ -225,6 +282,7 @@ class AzureMetricsSource:
                 metricnames=",".join(names),
                 aggregation=aggregation,
                 filter=filter,
+                top=top,
                 cls=lambda pipeline_response, _deserialized, _headers: (
                     pipeline_response.http_response.json()
                 ),
@@ -243,20 +301,36 @@ class AzureMetricsSource:
             return Measurement(0, 0, 0, {}, aggregation="no complete minute in the window")
         span = timespan(*minutes)
         endpoint_id = f"{self._workspace_id}/onlineEndpoints/{endpoint}"
-        only_this = f"{self._dims.deployment} eq {quoted(deployment)}"
+        dims = self._dims
+        only_this = f"{dims.deployment} eq {quoted(deployment)}"
 
         counts = self._list(
             endpoint_id,
             span,
             [REQUESTS_METRIC],
             "Total",
-            f"{only_this} and {self._dims.status_class} eq '*'",
+            f"{only_this} and {dims.status_class} eq '*'",
+            SERIES_LIMIT,
         )
-        requests, server_errors, non_2xx = parse_requests(counts, deployment, self._dims)
+        requests, server_errors, non_2xx = parse_requests(counts, deployment, dims)
+        if non_2xx > server_errors:
+            model_answers = self._list(
+                endpoint_id,
+                span,
+                [REQUESTS_METRIC],
+                "Total",
+                f"{only_this} and {dims.status_code} eq {quoted(MODEL_ERROR_STATUS)}"
+                f" and {dims.model_status} eq '*'",
+                SERIES_LIMIT,
+            )
+            # Capped by the other non-2xx answers: a minute that landed between the two calls
+            # must not make more errors than answers.
+            model_errors = parse_model_errors(model_answers, deployment, dims)
+            server_errors += min(model_errors, non_2xx - server_errors)
         latency_answer = self._list(
             endpoint_id, span, list(LATENCY_METRICS.values()), "Maximum", only_this
         )
-        latency, latency_minutes = parse_latency(latency_answer, deployment, self._dims)
+        latency, latency_minutes = parse_latency(latency_answer, deployment, dims)
         usage = self._list(
             f"{endpoint_id}/deployments/{deployment}",
             span,
