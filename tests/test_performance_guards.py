@@ -1,8 +1,9 @@
 """Cheap checks that keep the measured performance (benchmarks/README.md) from regressing.
 
 They assert what makes the figures, never a time: which packages a command loads, how many
-provider calls a pass makes, that answering a request never waits for the disk, and that the
-fast percentile path picks the same values as numpy's nearest-rank percentile.
+provider calls a pass makes, that answering a request never waits for the disk, that the
+request log stays bounded, and that the fast percentile path picks the same values as numpy's
+nearest-rank percentile.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import pytest
 from benchmarks.fleet import seed_fleet, write_fleet
 from engine.loader import load_paths
 from engine.providers.local.provider import LocalProvider
-from engine.providers.local.requestlog import RequestLog
+from engine.providers.local.requestlog import UNROUTED, RequestLog, read_requests, request_path
 from engine.providers.local.source import PERCENTILES, nearest_rank
-from engine.providers.local.testing import CountingProvider
+from engine.providers.local.testing import CountingProvider, deploy, wait_until
 from engine.reconcile import Reconciler, SystemClock, desired_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,3 +218,41 @@ def test_fast_percentiles_are_numpys_nearest_rank_values(size):
     values[: size // 3] = np.round(values[: size // 3])  # ties
     expected = np.percentile(values.astype(np.float64), PERCENTILES, method="inverted_cdf")
     assert nearest_rank(values, PERCENTILES) == dict(zip(PERCENTILES, expected, strict=True))
+
+
+# ---- retention -------------------------------------------------------------------------------
+
+
+def test_logs_of_deployments_that_no_longer_exist_are_deleted(tmp_path):
+    log = RequestLog(tmp_path)
+    for endpoint, deployment in [("ep", "ep-a"), ("ep", "ep-b"), ("ep", None), ("gone", "gone-a")]:
+        log.record(endpoint, deployment, 200, 1.0, t=1.0)
+    log.record_usage("ep", "ep-b", 10.0, 1.0, t=1.0)
+    log.flush()
+    assert log.remove_logs_except({("ep", "ep-a"), ("ep", UNROUTED)}) == 3
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*"))
+    assert left == ["requests/ep/_unrouted.req", "requests/ep/ep-a.req"]
+
+
+def test_a_log_deleted_while_in_use_starts_again_with_its_header(tmp_path):
+    log = RequestLog(tmp_path)
+    log.record("ep", "ep-a", 200, 1.0, t=1.0)
+    log.flush()
+    log.remove_logs_except(set())
+    log.record("ep", "ep-a", 502, 2.0, t=2.0)
+    log.flush()
+    records = read_requests(tmp_path, "ep", "ep-a", 0.0, 10.0)
+    assert records["status"].tolist() == [502]
+
+
+@pytest.mark.slow
+def test_the_server_deletes_the_log_of_a_deleted_deployment(local_server, toy_model):
+    model = toy_model()
+    deploy(local_server, "keep", {"keep-a": model, "keep-b": model}, {"keep-a": 100})
+    for name in ("keep-a", "keep-b"):
+        assert local_server.score("keep", b'{"data": [1]}', deployment=name).status == 200
+    home = local_server.home
+    wait_until(lambda: request_path(home, "keep", "keep-b").exists(), what="keep-b's log")
+    local_server.delete_deployment("keep", "keep-b")
+    wait_until(lambda: not request_path(home, "keep", "keep-b").exists(), what="its deletion")
+    assert request_path(home, "keep", "keep-a").exists()

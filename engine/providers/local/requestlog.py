@@ -6,7 +6,8 @@ and `<deployment>.use` the worker's CPU and memory samples. Never a payload, nev
 The server only appends to memory while answering; a background flush writes the buffers, so a
 slow disk never holds a request up. Readers map a file and binary-search the time column, so a
 window over millions of requests costs milliseconds. Each file is bounded: past `max_records`
-the older half is dropped.
+the older half is dropped, and the server deletes the files of deployments that no longer
+exist.
 """
 
 from __future__ import annotations
@@ -168,6 +169,22 @@ class RequestLog:
             written += len(rows)
         return written
 
+    def remove_logs_except(self, keep: set[tuple[str, str]]) -> int:
+        """Delete the log files of every (endpoint, deployment) not in `keep`; the number
+        deleted. A deleted deployment's requests are judged by no gate, and without this its
+        files would outlive it: one bounded log for every deployment ever created."""
+        root = log_dir(self.home)
+        removed = 0
+        for path in sorted(root.glob("*/*")) if root.is_dir() else ():
+            key = (path.parent.name, path.stem)
+            if path.suffix not in (REQUEST_SUFFIX, USAGE_SUFFIX) or key in keep:
+                continue
+            with self._lock:
+                self._files.pop((*key, path.suffix), None)
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def _file(self, key: tuple[str, str, str]) -> _File:
         if key not in self._files:
             endpoint, deployment, suffix = key
@@ -196,6 +213,9 @@ class RequestLog:
                 size = HEADER_SIZE
             file.records = (size - HEADER_SIZE) // file.dtype.itemsize
         with file.path.open("ab") as handle:
+            if handle.tell() == 0:  # removed since it was last written (`remove_logs_except`)
+                handle.write(file.magic)
+                file.records = 0
             handle.write(rows.tobytes())
         file.records += len(rows)
         if file.records > self.max_records:

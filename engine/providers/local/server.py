@@ -58,7 +58,7 @@ from engine.providers.local.address import (
     read_server_file,
 )
 from engine.providers.local.forward import WorkerConnections, WorkerLost, WorkerUnreachable
-from engine.providers.local.requestlog import RequestLog
+from engine.providers.local.requestlog import UNROUTED, RequestLog
 from engine.providers.local.store import (
     KEYS_FILE,
     STATE_FILE,
@@ -510,6 +510,8 @@ class LocalServer:
         self._file_ids = ids
         self.generation = state.get("generation", 0)
         await self.pool.reconcile(endpoints)
+        keep = {(e, d) for e, record in endpoints.items() for d in (*record.deployments, UNROUTED)}
+        await asyncio.to_thread(self.requests.remove_logs_except, keep)
 
     def _load(self) -> tuple[dict[str, Any], dict[str, str]]:
         state = self.control.load()
