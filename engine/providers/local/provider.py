@@ -8,7 +8,6 @@ them, or the endpoint key they carry, anywhere else. The key is never logged.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -440,6 +439,8 @@ def _request(
     headers: dict[str, str] | None = None,
     timeout: float,
 ) -> tuple[int, bytes]:
+    import http.client  # here: a plan or a read makes no call, and it loads ssl and email
+
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request(method, path, body=body, headers=headers or {})
@@ -463,6 +464,8 @@ def post_score(
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         headers[DEPLOYMENT_HEADER] = deployment
+    import http.client
+
     started = time.perf_counter()
     try:
         status, payload = _request(
