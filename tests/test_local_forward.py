@@ -126,3 +126,17 @@ def test_an_answer_broken_after_the_request_was_sent_is_lost(answer):
 
     with pytest.raises(WorkerLost):
         asyncio.run(scenario())
+
+
+def test_pruning_closes_connections_of_a_worker_that_went_away():
+    async def scenario():
+        server, port = await _peer([OK], [])
+        connections = WorkerConnections()
+        async with server:
+            await connections.post(port, "/score", {}, b"{}")
+            kept = connections.idle
+        await asyncio.sleep(0.05)  # the peer closed its end once its answers ran out
+        connections.prune()
+        return kept, connections.idle
+
+    assert asyncio.run(scenario()) == (1, 0)

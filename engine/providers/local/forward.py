@@ -75,6 +75,24 @@ class WorkerConnections:
             else:
                 connection.writer.close()
 
+    def prune(self) -> None:
+        """Close the idle connections that broke or went stale, for every port: a restarted
+        worker listens on a new port, and its old connections would otherwise stay open."""
+        now = time.monotonic()
+        for port, idle in list(self._idle.items()):
+            kept = [c for c in idle if c.usable and now - c.idle_since < IDLE_S]
+            for connection in idle:
+                if connection not in kept:
+                    connection.writer.close()
+            if kept:
+                self._idle[port] = kept
+            else:
+                del self._idle[port]
+
+    @property
+    def idle(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
     def close(self) -> None:
         for connections in self._idle.values():
             for connection in connections:

@@ -525,6 +525,7 @@ class LocalServer:
         await asyncio.to_thread(self.requests.flush)
 
     async def _sample(self) -> None:
+        self._workers.prune()
         hz, cpus = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
         for slot in list(self.pool.slots.values()):
             if slot.status != "ready" or slot.process is None:
