@@ -27,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
-from aiohttp import web
-
 from engine.registry import RegistryError, resolve, verified_artifact
 
 TOKEN_HEADER = "x-saferollout-worker-token"
@@ -99,30 +97,130 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-def make_app(module: ModuleType, token: str) -> web.Application:
-    # One thread: requests queue for it in arrival order, like one Azure instance with
-    # max_concurrent_requests_per_instance=1.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run")
-    expected = token.encode()
+MAX_HEAD = 16 * 1024
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 413: "Payload Too Large", 502: "Bad Gateway"}  # fmt: skip
 
-    async def score(request: web.Request) -> web.Response:
-        given = request.headers.get(TOKEN_HEADER, "").encode()
-        if not hmac.compare_digest(given, expected):
-            return web.Response(
-                status=401, body=error_body("unauthorised"), content_type="application/json"
-            )
-        body = await request.read()
-        loop = asyncio.get_running_loop()
-        status, payload = await loop.run_in_executor(executor, score_once, module, body)
-        return web.Response(status=status, body=payload, content_type="application/json")
 
-    async def close_executor(_app: web.Application) -> None:
-        executor.shutdown(wait=False, cancel_futures=True)
+class Scoring:
+    """What the worker serves: `run()` on one thread, so requests queue for it in arrival
+    order, like one Azure instance with max_concurrent_requests_per_instance=1."""
 
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post(SCORE_PATH, score)
-    app.on_cleanup.append(close_executor)
-    return app
+    def __init__(self, module: ModuleType, token: str):
+        self.module = module
+        self.token = token.encode()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run")
+
+    def answer_now(self, method: bytes, path: bytes, token: bytes) -> tuple[int, bytes] | None:
+        """The answer to a request that `run()` never sees, or None to score it."""
+        if path != SCORE_PATH.encode():
+            return 404, error_body("not found")
+        if method != b"POST":
+            return 405, error_body("only POST")
+        if not hmac.compare_digest(token, self.token):
+            return 401, error_body("unauthorised")
+        return None
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection from the server: plain HTTP/1.1 with Content-Length bodies, one request
+    at a time. aiohttp would cost every worker about 16 MB and a share of each request; the
+    only client is the server's own (`forward.py`). When the server gives up on a request and
+    closes the connection, a `run()` still queued for it is cancelled and never starts."""
+
+    def __init__(self, scoring: Scoring):
+        self.scoring = scoring
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.job: asyncio.Future | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.job is None:
+            self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def _next(self) -> None:
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_HEAD:
+                self._reply(400, error_body("request head too large"), close=True)
+            return
+        try:
+            method, path, token, length, keep = _parse_head(bytes(self.buffer[:end]))
+        except ValueError as exc:
+            self._reply(400, error_body(str(exc)), close=True)
+            return
+        if length > MAX_BODY:
+            self._reply(413, error_body("request body too large"), close=True)
+            return
+        if len(self.buffer) < end + 4 + length:
+            return  # the body is still arriving
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        refusal = self.scoring.answer_now(method, path, token)
+        if refusal is not None:
+            self._reply(*refusal, close=not keep)
+            return
+        future = self.scoring.executor.submit(score_once, self.scoring.module, body)
+        self.job = asyncio.wrap_future(future)
+        self.job.add_done_callback(lambda job: self._scored(job, keep))
+
+    def _scored(self, job: asyncio.Future, keep: bool) -> None:
+        self.job = None
+        if job.cancelled() or self.transport is None or self.transport.is_closing():
+            return
+        try:
+            status, payload = job.result()
+        except BaseException as exc:  # score_once catches Exception; run() may still exit
+            status, payload = 502, error_body(f"run() raised {type(exc).__name__}")
+        self._reply(status, payload, close=not keep)
+
+    def _reply(self, status: int, payload: bytes, *, close: bool) -> None:
+        head = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            + ("Connection: close\r\n" if close else "")
+            + "\r\n"
+        )
+        self.transport.write(head.encode() + payload)
+        if close:
+            self.transport.close()
+        elif self.buffer:
+            self._next()
+
+
+def _parse_head(head: bytes) -> tuple[bytes, bytes, bytes, int, bool]:
+    """(method, path, token, body length, keep the connection) of a request head."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise ValueError("not an HTTP/1.x request")
+    method, path, version = parts
+    token, length, keep = b"", 0, version == b"HTTP/1.1"
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == TOKEN_HEADER.encode():
+            token = value
+        elif name == b"content-length":
+            if not value.isdigit():
+                raise ValueError("bad Content-Length")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            raise ValueError("send the body with a Content-Length")
+        elif name == b"connection":
+            keep = value.lower() != b"close" and (keep or value.lower() == b"keep-alive")
+    return method, path.split(b"?", 1)[0], token, length, keep
 
 
 def _read_token() -> str:
@@ -143,14 +241,11 @@ def _exit_when_stdin_closes() -> None:
     os._exit(0)
 
 
-async def _serve(app: web.Application, announce) -> None:
-    # A request the server gave up on (timeout) is cancelled here too, so a queued run()
-    # that nobody waits for any more never starts.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
+async def _serve(scoring: Scoring, announce) -> None:
+    loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
+    server = await loop.create_server(lambda: _Connection(scoring), sock=sock)
     # What start-up built lives as long as the process: set it aside from the cyclic garbage
     # collector, whose full passes over it would otherwise pause a request now and then.
     gc.collect()
@@ -159,7 +254,8 @@ async def _serve(app: web.Application, announce) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        await runner.cleanup()
+        server.close()
+        scoring.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         announce({"event": "failed", "reason": str(exc)})
         return EXIT_FAILED
-    asyncio.run(_serve(make_app(module, token), announce))
+    asyncio.run(_serve(Scoring(module, token), announce))
     return 0
 
 
