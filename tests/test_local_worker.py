@@ -121,3 +121,29 @@ def test_a_request_abandoned_while_queued_never_runs():
 
     asyncio.run(scenario())
     assert calls == ['"first"']
+
+
+def test_a_peer_that_sends_more_than_a_request_holds_is_cut_off():
+    async def scenario():
+        scoring = Scoring(_module([], sleep_s=1.0), TOKEN)
+        server, port = await _serving(scoring)
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = f"POST {SCORE_PATH} HTTP/1.1\r\n{TOKEN_HEADER}: {TOKEN}\r\n"
+            head += "Content-Length: 2\r\n\r\n"
+            writer.write(head.encode() + b"[]")  # runs for 1 s; meanwhile a flood
+            try:
+                for _ in range(64):
+                    writer.write(b"x" * 65536)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            try:
+                answer = await asyncio.wait_for(reader.read(), 5)
+            except ConnectionError:  # reset: the worker closed with the flood unread
+                answer = b""
+            writer.close()
+        scoring.close()
+        return answer
+
+    assert asyncio.run(scenario()) == b""  # closed before the first answer was written

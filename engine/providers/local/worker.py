@@ -142,7 +142,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if self.job is None:
+        if len(self.buffer) > MAX_HEAD + MAX_BODY:  # more than one request's worth queued up
+            self.transport.close()
+        elif self.job is None:
             self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
