@@ -15,12 +15,6 @@ from enum import StrEnum
 
 from engine.errors import SourceError
 from engine.providers.base import Measurement
-from engine.sequential import (
-    StepCounts,
-    error_evidence,
-    latency_evidence,
-    share_is_plausible,
-)
 from engine.spec import Analysis, AnyGate, Metric, SequentialGate
 
 
@@ -306,6 +300,12 @@ def evaluate_sequential_errors(
     regression shown yet"), and marks the pass concluded once the evidence that the candidate
     is not `min_effect` worse reaches the same level.
     """
+    from engine.sequential import (
+        StepCounts,
+        error_evidence,
+        share_is_plausible,
+    )  # numpy: only when measured
+
     errors = next_source_errors(errors_before, isinstance(rollout, SourceError))
     base = {
         "gate": gate.name,
@@ -499,6 +499,8 @@ def evaluate_sequential_latency(
         )
 
     alpha = gate.false_rollback_rate / max(exposure_steps, 1)
+    from engine.sequential import latency_evidence  # numpy: only when measured
+
     evidence = latency_evidence(candidate.latencies_ms, stable.latencies_ms, percentile, alpha)
     low = "0" if evidence.ratio_low is None else f"{evidence.ratio_low:.2f}"
     high = "inf" if evidence.ratio_high is None else f"{evidence.ratio_high:.2f}"

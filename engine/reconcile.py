@@ -47,7 +47,6 @@ from engine.live import DeploymentRequest, EndpointWrite, LiveEndpoint
 from engine.names import derive_deployment_name
 from engine.plan import Action, ActionKind, Outcome, PassResult, Plan
 from engine.providers.base import STATE_TAG_PREFIX, Measurement, Provider, Window
-from engine.sequential import routing_share
 from engine.spec import Metric, SequentialGate
 from engine.state import Lease, Phase, RolloutState, decode, encode, format_time
 
@@ -173,6 +172,8 @@ def measure_gates(
             *_past_step_windows(desired, state, index, end),
             (index, None),
         ]
+        from engine.sequential import routing_share  # numpy: only when a rollout is judged
+
         steps: list[StepData] = []
         for step_index, past_window in past:
             step_share, step_mirrored = candidate_exposure(spec.steps, step_index)
