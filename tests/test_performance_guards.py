@@ -31,13 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "rollouts/credit-risk-local.yaml"
 
 # Third-party packages that `rollout plan` and `rollout validate` of local manifests may load.
-# Anything else (azure, sklearn, pandas, aiohttp, matplotlib, jsonschema...) costs a plan
+# Anything else (azure, sklearn, pandas, numpy, aiohttp, matplotlib, jsonschema...) costs a plan
 # hundreds of milliseconds: load it inside the command or function that needs it.
 ALLOWED = {
     "annotated_doc",
     "annotated_types",
     "filelock",
-    "numpy",
     "pydantic",
     "pydantic_core",
     "ruamel",
