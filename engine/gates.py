@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from engine.errors import SourceError
 from engine.providers.base import Measurement
@@ -119,6 +120,18 @@ def _violates(kind: str, value: float, bound: float) -> bool:
     return value < bound if kind == "min" else value > bound
 
 
+def _result_fields(gate: AnyGate, index: int, errors: tuple[int, int]) -> dict[str, Any]:
+    """What every result of `gate` carries, whatever its verdict."""
+    return {
+        "gate": gate.name,
+        "index": index,
+        "metric": gate.metric,
+        "bound": gate.bound,
+        "dry_run": gate.dry_run,
+        "source_errors": errors,
+    }
+
+
 def next_source_errors(previous: tuple[int, int], failed: bool) -> tuple[int, int]:
     """(errors in a row, errors this step) after one more query."""
     row, total = previous
@@ -155,14 +168,7 @@ def evaluate_gate(
         kind == "max_ratio_to_stable" and isinstance(stable, SourceError)
     )
     errors = next_source_errors(errors_before, failed_query)
-    base = {
-        "gate": gate.name,
-        "index": index,
-        "metric": gate.metric,
-        "bound": (kind, bound),
-        "dry_run": gate.dry_run,
-        "source_errors": errors,
-    }
+    base = _result_fields(gate, index, errors)
     where = f"(gates[{index}])"
     limit = analysis.max_source_errors
 
@@ -307,14 +313,7 @@ def evaluate_sequential_errors(
     )  # numpy: only when measured
 
     errors = next_source_errors(errors_before, isinstance(rollout, SourceError))
-    base = {
-        "gate": gate.name,
-        "index": index,
-        "metric": gate.metric,
-        "bound": gate.bound,
-        "dry_run": gate.dry_run,
-        "source_errors": errors,
-    }
+    base = _result_fields(gate, index, errors)
     where = f"(gates[{index}])"
     limit = analysis.max_source_errors
     if isinstance(rollout, SourceError):
@@ -440,14 +439,7 @@ def evaluate_sequential_latency(
     """
     failed_query = isinstance(candidate, SourceError) or isinstance(stable, SourceError)
     errors = next_source_errors(errors_before, failed_query)
-    base = {
-        "gate": gate.name,
-        "index": index,
-        "metric": gate.metric,
-        "bound": gate.bound,
-        "dry_run": gate.dry_run,
-        "source_errors": errors,
-    }
+    base = _result_fields(gate, index, errors)
     where = f"(gates[{index}])"
     limit = analysis.max_source_errors
     if isinstance(candidate, SourceError):
