@@ -16,7 +16,7 @@ from engine.decide import Desired, manifest_warnings
 from engine.durations import format_duration
 from engine.gates import format_value
 from engine.plan import Action, ActionKind, Plan
-from engine.render import TITLES, gate_json, shares, step_text
+from engine.render import TITLES, gate_json, shares, state_changes
 from engine.spec import Gate, Metric
 
 ICONS = {
@@ -131,15 +131,8 @@ def _changes(action: Action, desired: Desired) -> list[str]:
         changes.append(f"mirror {shares(action.mirror[0])} → {shares(action.mirror[1])}")
     if action.state:
         before, after = action.state
-        for label, old, new in (
-            ("phase", before.phase and before.phase.value, after.phase and after.phase.value),
-            ("stable", before.stable, after.stable),
-            ("candidate", before.candidate, after.candidate),
-            ("previous", before.previous, after.previous),
-            ("step", step_text(before, desired), step_text(after, desired)),
-        ):
-            if old != new:
-                changes.append(f"{label} {old or '–'} → {new or '–'}")
+        for label, old, new in state_changes(before, after, desired):
+            changes.append(f"{label} {old or '–'} → {new or '–'}")
     if action.deployment:
         request = action.deployment
         changes.append(f"model {request.model_name} version {request.model_version}")

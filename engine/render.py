@@ -41,18 +41,18 @@ def shares(values: dict[str, int]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in sorted(values.items())) + "}"
 
 
-def _state_changes(before: RolloutState, after: RolloutState, desired: Desired) -> list[str]:
-    lines = []
-    for label, old, new in (
+def state_changes(
+    before: RolloutState, after: RolloutState, desired: Desired
+) -> list[tuple[str, str | None, str | None]]:
+    """(label, before, after) for each rollout field a write changes; every renderer shows these."""
+    fields = (
         ("phase", before.phase and before.phase.value, after.phase and after.phase.value),
         ("stable", before.stable, after.stable),
         ("candidate", before.candidate, after.candidate),
         ("previous", before.previous, after.previous),
         ("step", step_text(before, desired), step_text(after, desired)),
-    ):
-        if old != new:
-            lines.append(f"{label:<9} {old or '-'} -> {new or '-'}")
-    return lines
+    )
+    return [(label, old, new) for label, old, new in fields if old != new]
 
 
 def step_text(state: RolloutState, desired: Desired) -> str | None:
@@ -71,7 +71,10 @@ def render_action(action: Action, desired: Desired) -> list[str]:
     if action.mirror and action.mirror[0] != action.mirror[1]:
         detail.append(f"mirror    {shares(action.mirror[0])} -> {shares(action.mirror[1])}")
     if action.state:
-        detail.extend(_state_changes(action.state[0], action.state[1], desired))
+        detail.extend(
+            f"{label:<9} {old or '-'} -> {new or '-'}"
+            for label, old, new in state_changes(action.state[0], action.state[1], desired)
+        )
     if action.deployment:
         request = action.deployment
         detail.append(f"model     {request.model_name} version {request.model_version}")
