@@ -24,6 +24,8 @@ from typing import Any
 from benchmarks.common import (
     ROOT,
     VENV_BIN,
+    at_least,
+    below,
     bench_env,
     git_revision,
     median,
@@ -100,21 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: round(median(times), 3) for name, times in rows.items()}
     ratio = median(ratios)
     checks: dict[str, Any] = {
-        "azure_import_over_local_plan": {
-            "value": round(ratio, 2),
-            "target": f">= {RATIO_TARGET:g}",
-            "holds": ratio >= RATIO_TARGET,
-        },
-        "validate_folder_seconds": {
-            "value": medians["validate_folder"],
-            "target": f"< {FOLDER_TARGET_S:g}",
-            "holds": medians["validate_folder"] < FOLDER_TARGET_S,
-        },
-        "plan_folder_seconds": {
-            "value": medians["plan_folder"],
-            "target": f"< {FOLDER_TARGET_S:g}",
-            "holds": medians["plan_folder"] < FOLDER_TARGET_S,
-        },
+        "azure_import_over_local_plan": at_least(ratio, RATIO_TARGET),
+        "validate_folder_seconds": below(medians["validate_folder"], FOLDER_TARGET_S),
+        "plan_folder_seconds": below(medians["plan_folder"], FOLDER_TARGET_S),
     }
     path = write_result(
         "cli",

@@ -89,5 +89,16 @@ def git_revision() -> str:
     return done.stdout.strip()
 
 
+def below(value: float, limit: float, *, inclusive: bool = False) -> dict[str, Any]:
+    """A figure against an upper target, the bound written once: `< limit` (or `<=`)."""
+    holds = value <= limit if inclusive else value < limit
+    return {"value": value, "target": f"{'<=' if inclusive else '<'} {limit:g}", "holds": holds}
+
+
+def at_least(value: float, limit: float) -> dict[str, Any]:
+    """A figure against a lower target: `>= limit`."""
+    return {"value": value, "target": f">= {limit:g}", "holds": value >= limit}
+
+
 def verdict(holds: bool) -> str:
     return "holds" if holds else "MISSED"

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen
-from benchmarks.common import ROOT, git_revision, median, verdict, write_result
+from benchmarks.common import ROOT, at_least, below, git_revision, median, verdict, write_result
 from engine.live import EndpointWrite
 from engine.providers.local.provider import LocalProvider
 from engine.providers.local.testing import make_toy_model
@@ -302,27 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     toy, credit = results.get("toy"), results.get("credit-risk")
     checks = {}
     if toy:
-        checks["added_p50_ms_at_200_per_s"] = {
-            "value": toy["latency"]["added_p50_ms"],
-            "target": "<= 1",
-            "holds": toy["latency"]["added_p50_ms"] <= 1.0,
-        }
-        checks["added_p99_ms_at_200_per_s"] = {
-            "value": toy["latency"]["added_p99_ms"],
-            "target": "<= 5",
-            "holds": toy["latency"]["added_p99_ms"] <= 5.0,
-        }
-        checks["toy_throughput_per_s"] = {
-            "value": toy["throughput"]["local_ok_per_s"],
-            "target": ">= 1000",
-            "holds": toy["throughput"]["local_ok_per_s"] >= 1000,
-        }
+        checks["added_p50_ms_at_200_per_s"] = below(
+            toy["latency"]["added_p50_ms"], 1.0, inclusive=True
+        )
+        checks["added_p99_ms_at_200_per_s"] = below(
+            toy["latency"]["added_p99_ms"], 5.0, inclusive=True
+        )
+        checks["toy_throughput_per_s"] = at_least(toy["throughput"]["local_ok_per_s"], 1000)
     if credit:
-        checks["credit_risk_throughput_local_over_bare"] = {
-            "value": credit["throughput"]["local_over_bare"],
-            "target": ">= 0.90",
-            "holds": credit["throughput"]["local_over_bare"] >= 0.90,
-        }
+        checks["credit_risk_throughput_local_over_bare"] = at_least(
+            credit["throughput"]["local_over_bare"], 0.90
+        )
     for name, check in checks.items():
         print(f"{name}: {check['value']} (target {check['target']}): {verdict(check['holds'])}")
     path = write_result(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen
-from benchmarks.common import ROOT, VENV_BIN, bench_env, git_revision, verdict, write_result
+from benchmarks.common import ROOT, VENV_BIN, below, bench_env, git_revision, verdict, write_result
 from benchmarks.fleet import seed_fleet, write_fleet
 from benchmarks.reconcile_fleet import ShiftedClock
 from engine.live import DeploymentRequest, EndpointWrite
@@ -224,16 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         serve = measure_serve(Path(scratch), args.requests)
         reconcile = measure_pass(Path(scratch), args.log_requests)
     checks = {
-        "serve_three_credit_risk_mb": {
-            "value": serve["peak_sum_rss_mb"],
-            "target": f"< {SERVE_TARGET_MB}",
-            "holds": serve["peak_sum_rss_mb"] < SERVE_TARGET_MB,
-        },
-        "reconcile_pass_mb": {
-            "value": reconcile["peak_rss_mb"],
-            "target": f"< {PASS_TARGET_MB}",
-            "holds": reconcile["peak_rss_mb"] < PASS_TARGET_MB,
-        },
+        "serve_three_credit_risk_mb": below(serve["peak_sum_rss_mb"], SERVE_TARGET_MB),
+        "reconcile_pass_mb": below(reconcile["peak_rss_mb"], PASS_TARGET_MB),
     }
     path = write_result(
         "memory",

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, git_revision, median, verdict, write_result
+from benchmarks.common import ROOT, below, git_revision, median, verdict, write_result
 from benchmarks.fleet import seed_fleet, write_fleet
 from engine.loader import load_paths
 from engine.providers.local.provider import LocalProvider
@@ -133,16 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["control_plane_bytes"] = control_plane_bytes
     results["checks"] = {
-        "fleet_pass_seconds": {
-            "value": steady,
-            "target": f"< {TARGET_S:g}",
-            "holds": steady < TARGET_S,
-        },
-        "advancing_pass_seconds": {
-            "value": results["advancing"]["seconds"],
-            "target": f"< {TARGET_S:g}",
-            "holds": results["advancing"]["seconds"] < TARGET_S,
-        },
+        "fleet_pass_seconds": below(steady, TARGET_S),
+        "advancing_pass_seconds": below(results["advancing"]["seconds"], TARGET_S),
         "one_read_no_write_when_nothing_changes": {
             "value": quiet,
             "target": "1 read, 0 writes per endpoint",
