@@ -46,6 +46,13 @@ def stable_on_v7(provider: FakeProvider, clock: FakeClock) -> str:
     return first.desired.name
 
 
+def assert_rolled_back(result, provider: FakeProvider, stable: str, why: str) -> None:
+    """The pass rolled back: all live traffic on `stable`, and the recorded reason says `why`."""
+    assert result.rolled_back
+    assert provider.endpoints["churn"].live_traffic() == {stable: 100}
+    assert why in state(provider).decision
+
+
 def bake(clock: FakeClock, minutes: float) -> None:
     clock.advance(minutes * 60)
 
@@ -247,9 +254,7 @@ def test_no_data_fails_the_gate_when_the_manifest_says_so(world):
     assert not rec.apply().rolled_back, "an empty window is not a failure during the bake"
     bake(clock, 5.5)
     result = rec.apply()
-    assert result.rolled_back
-    assert provider.endpoints["churn"].live_traffic() == {v7: 100}
-    assert "no data" in state(provider).decision
+    assert_rolled_back(result, provider, v7, "no data")
 
 
 def test_operator_promote_after_an_inconclusive_hold_moves_exactly_one_step(world):
@@ -295,9 +300,7 @@ def test_abort_restores_all_traffic_to_stable(world):
     rec = reconciler(provider, clock, steps=[{"traffic": 10, "bake": "10m"}, {"traffic": 100}])
     rec.apply()
     result = rec.apply(Command("abort", who="carol"))
-    assert result.rolled_back
-    assert provider.endpoints["churn"].live_traffic() == {v7: 100}
-    assert "aborted by carol" in state(provider).decision
+    assert_rolled_back(result, provider, v7, "aborted by carol")
 
 
 def test_operator_commands_that_do_not_apply_are_refused_with_a_reason(world):
@@ -474,9 +477,7 @@ def test_the_progress_deadline_counts_as_a_failure(world):
     rec.apply()  # inconclusive: paused
     bake(clock, 20)
     result = rec.apply()
-    assert result.rolled_back
-    assert provider.endpoints["churn"].live_traffic() == {v7: 100}
-    assert "progress deadline of 30m passed" in state(provider).decision
+    assert_rolled_back(result, provider, v7, "progress deadline of 30m passed")
 
 
 def test_a_dry_run_gate_is_reported_but_never_acts(world):
